@@ -1,0 +1,240 @@
+"""One dataclass of every setting, with named presets.
+
+A run is fully described by a :class:`Config`. Presets (``smoke``, ``cpu``, ``paper``) fill in the
+fields that differ from the defaults for a given method; command-line flags and papermill parameters
+override single fields on top. Every field is validated on construction, with a one-line message that
+names the field and the values it accepts.
+
+The ``paper`` preset follows the seed study (WangFeng18/UnsupervisedLearningCodes at ``caa59b9``;
+see ``shared/reference/seed-protocol.md``): BYOL on CIFAR-100, CIFAR ResNet-18, batch 512, lr 0.12,
+201 epochs with step decay x0.1 at 160/190/200, SGD momentum 0.9, weight decay 5e-4, fixed EMA 0.996,
+the ``aug+`` pipeline, and BatchNorm over batch/4 (the seed's 4-GPU DataParallel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+
+METHODS = ("byol", "supervised")
+DATASETS = ("digits", "cifar10", "cifar100")
+NETWORKS = ("resnet18", "resnet50")
+AUGMENTS = ("normal", "aug+")
+LR_SCHEDULES = ("step", "cos")
+TARGET_INITS = ("independent", "copy")
+VIEW_BN = ("separate", "joint")
+PROBES = ("seed", "none")
+PRESETS = ("smoke", "cpu", "paper")
+
+
+class ConfigError(ValueError):
+    """A setting has a value it cannot take; the message is one line naming the field."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a run. Defaults are the seed's BYOL command (see module docstring)."""
+
+    # what to train
+    method: str = "byol"
+    dataset: str = "cifar100"
+    network: str = "resnet18"
+    width: int = 64  # channels of the first stage; the seed's ResNets use 64
+    image_size: int = 32  # crops and test images are resized to this (the cpu preset uses 16)
+    train_size: int = 0  # 0 = the whole train split; otherwise the first N images of a fixed shuffle
+    data_root: str = "data"
+    download: bool = True  # fetch CIFAR with torchvision where the files are missing
+
+    # optimisation (seed-protocol section 4)
+    epochs: int = 201
+    batch_size: int = 512  # global batch, over all devices
+    lr: float = 0.12
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "step"
+    lr_milestones: tuple[int, ...] = (160, 190, 200)
+    lr_decay: float = 0.1
+    augment: str = "aug+"
+    seed: int = 0
+
+    # BatchNorm, as named behaviour (seed-protocol sections 2 and 9)
+    bn_code: str = "111"  # BN1 (online projector) BN2 (predictor) BN3 (target projector)
+    bn_affine: bool = True  # learnable scale and shift in BN1/BN2/BN3
+    bn_groups: int = 4  # ghost BatchNorm: each BN sees batch_size / bn_groups samples
+    view_bn: str = "separate"  # each view forwarded on its own (seed) or both in one BN batch
+
+    # BYOL
+    ema: float = 0.996  # target <- ema * target + (1 - ema) * online, after every step
+    ema_schedule: str = "fixed"  # fixed (seed) or cos (BYOL paper: ema -> 1 over training)
+    target_init: str = "independent"  # the seed builds the target separately; the paper copies
+    proj_dim: int = 256
+    proj_hidden: int = 0  # 0 = the backbone feature size, as in the seed (512 for ResNet-18)
+    pred_hidden: int = 256
+
+    # evaluation (seed-protocol section 6)
+    knn_k: int = 200
+    knn_t: float = 0.07
+    probe: str = "seed"  # the seed's linear probe on layer-6 features, or none
+    probe_epochs: int = 100
+    probe_lr: float = 30.0
+    probe_milestones: tuple[int, ...] = (40, 60, 80)
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    preset: str = ""  # the preset this config was made from, for provenance only
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type.startswith("tuple") and isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        validate(self)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(cls, preset: str = "cpu", method: str = "byol", **overrides) -> "Config":
+        """The preset's settings for ``method``, then ``overrides`` field by field."""
+        _check_choice("preset", preset, PRESETS)
+        _check_choice("method", method, METHODS)
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r}; known settings: {', '.join(field_names())}")
+        values = {**_PRESET_VALUES[preset]["all"], **_PRESET_VALUES[preset].get(method, {})}
+        values.update(method=method, preset=preset)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes) -> "Config":
+        unknown = sorted(set(changes) - set(field_names()))
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r}; known settings: {', '.join(field_names())}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        known = set(field_names())
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def bn1(self) -> bool:
+        return self.bn_code[0] == "1"
+
+    @property
+    def bn2(self) -> bool:
+        return self.bn_code[1] == "1"
+
+    @property
+    def bn3(self) -> bool:
+        return self.bn_code[2] == "1"
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+# Values that differ from the dataclass defaults, per preset and method.
+_PRESET_VALUES: dict[str, dict[str, dict]] = {
+    "paper": {
+        "all": {},
+        "byol": {},  # the dataclass defaults are the seed's BYOL command
+        # Supervised reference on CIFAR: same backbone and schedule, cross-entropy.
+        "supervised": dict(augment="aug+", batch_size=128, lr=0.1, probe="none"),
+    },
+    # The book's default on a 2-core laptop: the embedded digits, a narrow ResNet-18 on 16x16 crops.
+    "cpu": {
+        "all": dict(
+            dataset="digits", width=16, image_size=16, epochs=20, batch_size=128, lr=0.2,
+            lr_milestones=(16, 19), bn_groups=4, augment="normal", download=False,
+            knn_k=50, probe_epochs=100,
+        ),
+        "byol": dict(ema=0.99),
+        "supervised": dict(epochs=10, lr=0.1, lr_milestones=(8,), probe="none"),
+    },
+    # Seconds: for tests. Tiny data, a tiny network, two epochs.
+    "smoke": {
+        "all": dict(
+            dataset="digits", width=4, image_size=16, train_size=256, epochs=2, batch_size=64,
+            lr=0.05, lr_milestones=(1,), bn_groups=2, augment="normal", download=False,
+            knn_k=20, probe_epochs=5, probe_milestones=(3,), proj_dim=32, pred_hidden=32,
+        ),
+        "byol": dict(ema=0.9),
+        "supervised": dict(probe="none"),
+    },
+}
+
+
+# ---------------------------------------------------------------------- validation
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+
+
+def _check(name: str, ok: bool, expected: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is not allowed; expected {expected}")
+
+
+def validate(c: Config) -> None:
+    """Raise :class:`ConfigError` (one line, naming the field) on the first bad setting."""
+    for name, allowed in [("method", METHODS), ("dataset", DATASETS), ("network", NETWORKS),
+                          ("augment", AUGMENTS), ("lr_schedule", LR_SCHEDULES), ("ema_schedule", ("fixed", "cos")),
+                          ("target_init", TARGET_INITS), ("view_bn", VIEW_BN), ("probe", PROBES)]:
+        _check_choice(name, getattr(c, name), allowed)
+    _check_choice("preset", c.preset, PRESETS + ("",))
+    code_ok = isinstance(c.bn_code, str) and len(c.bn_code) == 3 and set(c.bn_code) <= {"0", "1"}
+    _check("bn_code", code_ok, "three bits BN1 BN2 BN3 such as '111', '101' or '000'", c.bn_code)
+    for name in ("width", "epochs", "batch_size", "image_size", "bn_groups", "proj_dim", "knn_k"):
+        v = getattr(c, name)
+        lo = 0 if name == "epochs" else 1
+        _check(name, isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"an integer >= {lo}", v)
+    for name in ("train_size", "proj_hidden", "pred_hidden", "probe_epochs", "seed"):
+        v = getattr(c, name)
+        _check(name, isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0", v)
+    _check("image_size", c.image_size >= 8, "an integer >= 8", c.image_size)
+    for name in ("lr", "knn_t", "probe_lr"):
+        v = getattr(c, name)
+        _check(name, isinstance(v, (int, float)) and v > 0, "a number > 0", v)
+    for name in ("momentum", "weight_decay", "lr_decay"):
+        v = getattr(c, name)
+        _check(name, isinstance(v, (int, float)) and v >= 0, "a number >= 0", v)
+    _check("ema", isinstance(c.ema, (int, float)) and 0 <= c.ema <= 1, "a number in [0, 1]", c.ema)
+    for name in ("lr_milestones", "probe_milestones"):
+        v = getattr(c, name)
+        ok = isinstance(v, tuple) and all(isinstance(e, int) and e >= 0 for e in v) and list(v) == sorted(v)
+        _check(name, ok, "increasing epoch numbers such as 160,190,200", v)
+    _check("bn_groups", c.batch_size % c.bn_groups == 0 and c.batch_size // c.bn_groups >= 2,
+           f"a divisor of batch_size={c.batch_size} leaving at least 2 samples per group", c.bn_groups)
+    _check("device", c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:"),
+           "auto, cpu, cuda or cuda:N", c.device)
+    for name in ("download", "bn_affine"):
+        _check(name, isinstance(getattr(c, name), bool), "true or false", getattr(c, name))
+
+
+# ---------------------------------------------------------------------- parsing
+def parse_value(name: str, text: str):
+    """Turn a command-line string into the type of field ``name`` (bool, int, float, tuple, str)."""
+    types = {f.name: f.type for f in fields(Config)}
+    if name not in types:
+        raise ConfigError(f"unknown setting {name!r}; known settings: {', '.join(field_names())}")
+    kind = types[name]
+    try:
+        if kind == "bool":
+            low = str(text).lower()
+            if low not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return low in ("1", "true", "yes")
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind.startswith("tuple"):
+            return tuple(int(t) for t in str(text).split(",") if t.strip() != "")
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not allowed; expected a value of type {kind}") from None
+    return str(text)

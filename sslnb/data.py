@@ -1,0 +1,198 @@
+"""Datasets as uint8 tensors in memory: CIFAR-10/100 and the embedded offline ``digits``.
+
+Every dataset is loaded whole into (N, 3, H, W) uint8 tensors, so that batches are cut by indexing
+and augmented in batches on whatever device holds them (``sslnb.augment``). Items of a split are
+``(x, y, idx)``: the image, its label and its index in the split (InsDis's memory bank needs it).
+"""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# The seed normalises CIFAR-10 and CIFAR-100 with these (the widely copied CIFAR-10 std).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+class DatasetUnavailable(RuntimeError):
+    """The dataset's files are missing and cannot be fetched; the message says how to get them."""
+
+
+@dataclass
+class Split:
+    """One split held in memory. ``x`` (N, 3, H, W) uint8, ``y`` (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i], i
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class ImageData:
+    name: str
+    train: Split
+    test: Split
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float in [0, 1] -> normalised with the dataset's mean and std."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+
+def load_dataset(name: str, root: str | Path = "data", download: bool = True, train_size: int = 0) -> ImageData:
+    """Load ``digits``, ``cifar10`` or ``cifar100``. ``train_size`` > 0 keeps a fixed random subset."""
+    if name == "digits":
+        data = make_digits()
+    elif name in ("cifar10", "cifar100"):
+        data = load_cifar(name, Path(root), download)
+    else:
+        raise ValueError(f"dataset={name!r} is not allowed; choose one of: digits, cifar10, cifar100")
+    if 0 < train_size < len(data.train):
+        keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1234))[:train_size]
+        keep = keep.sort().values
+        data.train = Split(data.train.x[keep], data.train.y[keep])
+    return data
+
+
+# ---------------------------------------------------------------------- CIFAR
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", archive="cifar-10-python.tar.gz", label="labels",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
+                    meta="batches.meta", names="label_names", title="CIFAR-10"),
+    "cifar100": dict(folder="cifar-100-python", archive="cifar-100-python.tar.gz", label="fine_labels",
+                     train=["train"], test=["test"], meta="meta", names="fine_label_names", title="CIFAR-100"),
+}
+
+
+def load_cifar(name: str, root: Path, download: bool = True) -> ImageData:
+    """Read the python-pickle CIFAR files under ``root``; fetch them with torchvision if missing."""
+    spec = _CIFAR[name]
+    folder = root / spec["folder"]
+    if not folder.is_dir() and (root / spec["archive"]).is_file():
+        with tarfile.open(root / spec["archive"]) as tar:
+            tar.extractall(root, filter="data")
+    if not folder.is_dir():
+        _download_cifar(name, root, download)
+
+    def read(files):
+        xs, ys = [], []
+        for f in files:
+            with open(folder / f, "rb") as fh:
+                d = pickle.load(fh, encoding="latin1")
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[spec["label"]], dtype=np.int64))
+        return Split(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
+
+    try:
+        with open(folder / spec["meta"], "rb") as fh:
+            classes = list(pickle.load(fh, encoding="latin1")[spec["names"]])
+        train, test = read(spec["train"]), read(spec["test"])
+    except (OSError, KeyError, pickle.UnpicklingError, ValueError) as e:
+        raise DatasetUnavailable(f"{spec['title']} files in {folder} are incomplete or unreadable ({e}); "
+                                 f"delete the folder and put {spec['archive']} in {root}") from None
+    return ImageData(name, train, test, classes, CIFAR_MEAN, CIFAR_STD)
+
+
+def _download_cifar(name: str, root: Path, download: bool) -> None:
+    spec = _CIFAR[name]
+    how = (f"put {spec['archive']} (https://www.cs.toronto.edu/~kriz/{spec['archive']}) in {root}/ "
+           f"or use --dataset digits, the embedded offline dataset")
+    if not download:
+        raise DatasetUnavailable(f"{spec['title']} not found in {root / spec['folder']} and download is off: {how}")
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as e:  # no network, proxy refusal, bad checksum...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DatasetUnavailable(f"{spec['title']} not found in {root / spec['folder']} and the download "
+                                 f"failed ({reason}): {how}") from None
+
+
+# ---------------------------------------------------------------------- the embedded digits
+DIGITS_VERSION = 1
+
+
+def make_digits(seed: int = 0, n_train: int = 3000, n_test: int = 1000, size: int = 32) -> ImageData:
+    """The embedded offline dataset: scikit-learn's 1,797 8x8 handwritten digits rendered into 32x32
+    RGB scenes, deterministically (the same tensors on every machine).
+
+    Each source digit belongs to train or test, never both (a stratified 70/30 split of the sources),
+    so test accuracy measures generalisation to new handwriting. Each image places one digit at a random
+    scale (about 40-85% of the canvas), rotation (+-20 degrees), position and brightness on a dark,
+    smoothly textured background of random grey level. The digit's shape is the only thing that is the
+    same across two augmented views and also says the class: the scene has no colour, so there is no
+    per-image colour pair for the network to memorise instead (see the book's intro).
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    src = torch.from_numpy(digits.images.astype(np.float32) / 16.0)  # (1797, 8, 8) in [0, 1]
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    rng = np.random.default_rng(seed)
+    train_src, test_src = [], []
+    for c in range(10):
+        members = rng.permutation(np.flatnonzero(digits.target == c))
+        cut = int(round(0.7 * len(members)))
+        train_src += members[:cut].tolist()
+        test_src += members[cut:].tolist()
+    train = _render(src, labels, np.array(train_src), n_train, size, rng)
+    test = _render(src, labels, np.array(test_src), n_test, size, rng)
+    mean = tuple(train.x.float().div(255).mean(dim=(0, 2, 3)).tolist())
+    std = tuple(train.x.float().div(255).std(dim=(0, 2, 3)).tolist())
+    return ImageData("digits", train, test, [str(c) for c in range(10)], mean, std)
+
+
+def _render(src: torch.Tensor, labels: torch.Tensor, pool: np.ndarray, n: int, size: int,
+            rng: np.random.Generator) -> Split:
+    """Render ``n`` scenes from the source digits in ``pool`` (cycled, then shuffled). -> Split."""
+    pick = rng.permutation(np.resize(rng.permutation(pool), n))
+    glyph = F.pad(src[pick].unsqueeze(1), (1, 1, 1, 1))  # (n, 1, 10, 10): a zero border to sample into
+
+    def u(lo, hi, shape=(n,)):
+        return torch.from_numpy(rng.uniform(lo, hi, size=shape).astype(np.float32))
+
+    # Affine map from canvas coordinates [-1, 1] to glyph coordinates [-1, 1] (grid_sample's convention).
+    scale = u(0.40, 0.85) * 10 / 8  # digit height as a fraction of the canvas (the glyph has a border)
+    angle = u(-20, 20) * np.pi / 180
+    room = (1 - scale * 8 / 10).clamp(min=0)  # keep the digit inside the canvas
+    tx, ty = u(-1, 1) * room, u(-1, 1) * room
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, -(cos * tx - sin * ty)], 1),
+                         torch.stack([sin, cos, -(sin * tx + cos * ty)], 1)], 1)
+    grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)
+    ink = F.grid_sample(glyph, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    # Background: a grey level plus smooth low-frequency texture and a little pixel noise.
+    level = u(0.0, 0.35).view(n, 1, 1, 1)
+    texture = F.interpolate(torch.from_numpy(rng.normal(0, 1, (n, 1, 4, 4)).astype(np.float32)),
+                            size=(size, size), mode="bicubic", align_corners=False)
+    background = level + 0.06 * texture + 0.02 * torch.from_numpy(rng.normal(0, 1, (n, 1, size, size)).astype(np.float32))
+    brightness = (level + u(0.4, 0.65).view(n, 1, 1, 1)).clamp(max=1.0)
+    img = background * (1 - ink) + brightness * ink
+    x = (img.clamp(0, 1) * 255).round().to(torch.uint8).expand(n, 3, size, size).contiguous()
+    return Split(x, labels[pick].clone())

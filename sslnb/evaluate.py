@@ -1,0 +1,122 @@
+"""Evaluation: the kNN monitor, the seed's linear probe, collapse diagnostics and feature extraction."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import resize_batch
+from .data import ImageData, Split
+
+
+@torch.no_grad()
+def extract(embed, split: Split, data: ImageData, image_size: int, device, batch_size: int = 512,
+            flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean test-transform features of a whole split, in eval mode.
+
+    ``embed``: x (B, 3, S, S) -> (h (B, D), z (B, d)). Returns h (N, D) and z (N, d) on the CPU.
+    ``flip`` mirrors every image first (the seed's probe trains on flipped and unflipped images).
+    """
+    hs, zs = [], []
+    for i in range(0, len(split), batch_size):
+        x = split.x[i:i + batch_size].to(device).float().div_(255)
+        x = resize_batch(x, image_size)
+        if flip:
+            x = x.flip(3)
+        h, z = embed(data.normalize(x))
+        hs.append(h.float().cpu())
+        zs.append(z.float().cpu())
+    return torch.cat(hs), torch.cat(zs)
+
+
+@torch.no_grad()
+def knn_predict(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, num_classes: int,
+                k: int = 200, t: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN (Wu et al., 2018; the seed's monitor, seed-protocol 6b).
+
+    Features are l2-normalised; each of the ``k`` most cosine-similar train samples votes for its class
+    with weight ``exp(sim / t)``. ``train_f`` (N, D), ``train_y`` (N,), ``test_f`` (M, D) -> (M,) labels.
+    """
+    train_f = F.normalize(train_f, dim=1)
+    test_f = F.normalize(test_f, dim=1)
+    k = min(k, len(train_f))
+    preds = []
+    for i in range(0, len(test_f), chunk):
+        sim, nn_idx = (test_f[i:i + chunk] @ train_f.T).topk(k, dim=1)
+        votes = torch.zeros(len(sim), num_classes, dtype=sim.dtype, device=sim.device)
+        votes.scatter_add_(1, train_y[nn_idx], (sim / t).exp())
+        preds.append(votes.argmax(1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(train_f, train_y, test_f, test_y, num_classes: int, k: int = 200, t: float = 0.07) -> float:
+    """Top-1 kNN accuracy in %."""
+    pred = knn_predict(train_f, train_y, test_f, num_classes, k, t)
+    return 100.0 * (pred == test_y).float().mean().item()
+
+
+@torch.no_grad()
+def collapse_stats(z: torch.Tensor) -> dict[str, float]:
+    """Collapse diagnostics of projections ``z`` (N, d).
+
+    - ``z_std``: mean per-dimension std of the l2-normalised z. Spread-out features give about
+      1/sqrt(d); a collapsed representation (every input mapped to one vector) gives 0.
+    - ``eff_rank``: effective rank (Roy & Vetterli, 2007): exp of the entropy of the normalised singular
+      values of the centred z; between 1 and d.
+    """
+    zn = F.normalize(z.float(), dim=1)
+    s = torch.linalg.svdvals(zn - zn.mean(0))
+    p = s / s.sum().clamp_min(1e-12)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum()
+    return {"z_std": zn.std(0).mean().item(), "z_std_ref": 1 / math.sqrt(z.shape[1]),
+            "eff_rank": entropy.exp().item()}
+
+
+def linear_probe(train_h: torch.Tensor, train_h_flip: torch.Tensor, train_y: torch.Tensor,
+                 test_h: torch.Tensor, test_y: torch.Tensor, num_classes: int, epochs: int = 100,
+                 lr: float = 30.0, milestones=(40, 60, 80), batch_size: int = 256, seed: int = 0,
+                 device="cpu") -> dict:
+    """The seed's linear probe (``downstream/eval_linear.py``, seed-protocol 6a) on cached features.
+
+    A Linear(D -> classes) with N(0, 0.01^2) weights and zero bias, SGD lr ``lr``, momentum 0.9, no
+    weight decay, batch 256, lr x0.2 after each milestone epoch (epochs counted from 1). The seed's only
+    training augmentation is a horizontal flip, so caching the features of the plain and the mirrored
+    train images and picking one of the two per sample per epoch is exactly equivalent to recomputing
+    them. Returns the test accuracy after the last epoch, the best over epochs (which the seed's log also
+    printed; choosing it selects on the test set), and the per-epoch curve.
+    """
+    g = torch.Generator().manual_seed(seed)
+    clf = nn.Linear(train_h.shape[1], num_classes).to(device)
+    with torch.no_grad():
+        clf.weight.copy_(torch.randn(clf.weight.shape, generator=g) * 0.01)
+        clf.bias.zero_()
+    opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, weight_decay=0)
+    both = torch.stack([train_h, train_h_flip]).to(device)  # (2, N, D)
+    train_y, test_h, test_y = train_y.to(device), test_h.to(device), test_y.to(device)
+    n = len(train_y)
+    curve = []
+    for epoch in range(1, epochs + 1):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.2 ** sum(epoch > m for m in milestones)
+        perm = torch.randperm(n, generator=g).to(device)
+        flips = torch.randint(0, 2, (n,), generator=g).to(device)
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(clf(both[flips[idx], idx]), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            acc = 100.0 * (clf(test_h).argmax(1) == test_y).float().mean().item()
+        curve.append(acc)
+    return {"last": curve[-1] if curve else float("nan"), "best": max(curve) if curve else float("nan"),
+            "curve": curve}
+
+
+def pixel_features(split: Split, image_size: int) -> torch.Tensor:
+    """Raw pixels as features (the raw-pixel kNN baseline): (N, 3 * S * S), centred per image."""
+    x = resize_batch(split.x.float().div(255), image_size).flatten(1)
+    return x - x.mean(1, keepdim=True)

@@ -1,0 +1,100 @@
+"""BYOL (Grill et al., 2020) as the seed ran it (seed-protocol sections 2 and 3c).
+
+Online: backbone -> projector (BN1) -> predictor (BN2) -> p.  Target: backbone -> projector (BN3) -> z.
+Loss: ``byol_loss(p1, z2) + byol_loss(p2, z1)``. After each optimiser step the target moves towards the
+online network by an exponential moving average of the parameters whose names match.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config
+from ..losses import byol_loss
+from ..models import MLP, Encoder, backbone_from_config
+
+
+def encoder(cfg: Config, bn: bool) -> Encoder:
+    """Backbone + projection MLP D -> D -> 256 (the seed's sizes; the BYOL paper uses 4096 -> 256)."""
+    backbone = backbone_from_config(cfg)
+    hidden = cfg.proj_hidden or backbone.out_dim
+    return Encoder(backbone, MLP(backbone.out_dim, hidden, cfg.proj_dim, bn, cfg.bn_affine, cfg.bn_groups))
+
+
+def predictor(cfg: Config, bn: bool) -> MLP:
+    """The seed's predictor: 256 -> 256 -> 256 with BN2 (the paper's hidden size is 4096)."""
+    return MLP(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim, bn, cfg.bn_affine, cfg.bn_groups)
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, m: float) -> list[str]:
+    """``target <- m * target + (1 - m) * online`` for every parameter whose name and shape match.
+
+    Returns the names of target parameters left untouched. When the online and target heads differ
+    (BN1 != BN3) the extra BN's scale and shift have no counterpart: the seed matched by name too, so in
+    code 011 the target BN3 keeps gamma=1, beta=0 for ever (seed-protocol section 2). Buffers (BN
+    running statistics) are not averaged, as in the seed.
+    """
+    online_params = dict(online.named_parameters())
+    untouched = []
+    for name, t in target.named_parameters():
+        o = online_params.get(name)
+        if o is None or o.shape != t.shape:
+            untouched.append(name)
+            continue
+        t.lerp_(o, 1 - m)
+    return untouched
+
+
+class BYOL(nn.Module):
+    n_views = 2
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.online = encoder(cfg, bn=cfg.bn1)
+        self.predictor = predictor(cfg, bn=cfg.bn2)
+        self.target = encoder(cfg, bn=cfg.bn3)  # built separately: a fresh random init, as in the seed
+        if cfg.target_init == "copy":  # as in the BYOL paper
+            ema_update(self.target, self.online, 0.0)
+        self.target.requires_grad_(False)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.online.backbone
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) -> h (B, D) last-conv feature, z (B, proj_dim) online projection ("FC")."""
+        return self.online(x)
+
+    def trainable_parameters(self):
+        return list(self.online.parameters()) + list(self.predictor.parameters())
+
+    def _forward_views(self, net: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.cfg.view_bn == "joint":  # both views in one BN batch
+            return list(net(torch.cat(views))[1].chunk(len(views)))
+        return [net(v)[1] for v in views]  # each view its own BN batch, as the seed's two forwards
+
+    def forward(self, views, y=None, idx=None):
+        z_online = self._forward_views(self.online, views)
+        p1, p2 = (self.predictor(z) for z in z_online)
+        with torch.no_grad():  # stop-gradient: the target only provides regression targets
+            z1, z2 = self._forward_views(self.target, views)
+        loss = byol_loss(p1, z2) + byol_loss(p2, z1)
+        # Collapse diagnostic on the training batch: per-dimension std of the normalised projection
+        # (1/sqrt(d) for well-spread features, 0 for collapsed ones).
+        z_std = F.normalize(z_online[0].detach(), dim=1).std(dim=0).mean()
+        return loss, {"loss": loss.detach(), "z_std": z_std}
+
+    def ema_momentum(self, progress: float) -> float:
+        if self.cfg.ema_schedule == "cos":  # BYOL paper: 1 - (1 - m0) (cos(pi k / K) + 1) / 2
+            return 1 - (1 - self.cfg.ema) * (math.cos(math.pi * progress) + 1) / 2
+        return self.cfg.ema
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        ema_update(self.target, self.online, self.ema_momentum(progress))

@@ -1,0 +1,43 @@
+"""Supervised reference: the same backbone trained with labels and cross-entropy.
+
+Not part of the seed study; the book shows it beside every self-supervised result on the embedded
+dataset as an upper reference for what the backbone can learn from these images.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..losses import cross_entropy
+from ..models import backbone_from_config
+
+
+class Supervised(nn.Module):
+    n_views = 1
+
+    def __init__(self, cfg: Config, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self._backbone = backbone_from_config(cfg)
+        self.classifier = nn.Linear(self._backbone.out_dim, num_classes)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self._backbone
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self._backbone(x)
+        return h, self.classifier(h)
+
+    def trainable_parameters(self):
+        return list(self.parameters())
+
+    def forward(self, views, y, idx=None):
+        logits = self.classifier(self._backbone(views[0]))
+        loss = cross_entropy(logits, y)
+        return loss, {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
+
+    def after_step(self, progress: float) -> None:
+        pass

@@ -1,0 +1,113 @@
+"""Figures and tables for the book: loss curves, t-SNE panels, and results beside the seed's numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .runs import Run
+
+# The seed's reported linear-probe accuracies (%), CIFAR-100, ResNet-18, by setting
+# (seed-protocol section 10). Always shown labelled as the seed's, never as ours.
+SEED_RESULTS = {
+    ("byol", "cifar100", "resnet18", "normal", "111"): 59.96,
+    ("byol", "cifar100", "resnet18", "aug+", "111"): 62.74,
+    ("byol", "cifar100", "resnet50", "normal", "111"): 64.64,
+    ("byol", "cifar100", "resnet50", "aug+", "111"): 65.51,
+    ("byol", "cifar10", "resnet18", "aug+", "111"): 89.06,
+}
+
+
+def seed_result(run: Run) -> float | None:
+    c = run.config
+    return SEED_RESULTS.get((c.method, "cifar100" if c.dataset == "digits" else c.dataset, c.network,
+                             c.augment, c.bn_code if c.method == "byol" else "111"))
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(y) < window:
+        return y
+    kernel = np.ones(window) / window
+    return np.convolve(np.pad(y, (window // 2, window - 1 - window // 2), mode="edge"), kernel, mode="valid")
+
+
+def loss_curves(runs: list[Run], labels: list[str] | None = None, ax=None, smooth: int = 10):
+    """Per-step loss (thin, smoothed over ``smooth`` steps) and per-epoch mean (markers) against epochs."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    for i, run in enumerate(runs):
+        label = labels[i] if labels else run.name
+        steps = run.records("step")
+        color = f"C{i}"
+        if steps:
+            per_epoch = max(1, sum(r["epoch"] == 1 for r in steps))
+            x = np.array([r["step"] for r in steps]) / per_epoch
+            ax.plot(x, _smooth(np.array([r["loss"] for r in steps]), smooth), color=color, lw=0.8, alpha=0.6)
+        ex, ey = run.metric("loss")
+        ax.plot(ex, ey, "o-", color=color, ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def metric_curves(runs: list[Run], metric: str = "knn", labels=None, ax=None, reference: float | None = None,
+                  reference_label: str = ""):
+    """One epoch metric (``knn``, ``z_std``, ``eff_rank`` ...) against epochs, epoch 0 = random init."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    for i, run in enumerate(runs):
+        x, y = run.metric(metric)
+        ax.plot(x, y, "o-", ms=3, color=f"C{i}", label=labels[i] if labels else run.name)
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls="--", lw=1, label=reference_label)
+    ax.set_xlabel("epoch (0 = random initialisation)")
+    ax.set_ylabel({"knn": "kNN accuracy (%)", "z_std": "std of normalised z", "eff_rank": "effective rank"}
+                  .get(metric, metric))
+    ax.legend(fontsize=8)
+    return ax
+
+
+def tsne_embedding(features: np.ndarray, cache: Path | None = None, perplexity: float = 25.0,
+                   seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of ``features`` (N, D) -> (N, 2), with the TensorBoard projector's perplexity 25 and
+    cosine metric (the seed's figures came from the projector); cached in ``cache`` if given."""
+    if cache is not None and cache.exists():
+        return np.load(cache)
+    from sklearn.manifold import TSNE
+
+    emb = TSNE(2, perplexity=min(perplexity, (len(features) - 1) / 3), metric="cosine", init="pca",
+               random_state=seed).fit_transform(features.astype(np.float32))
+    if cache is not None:
+        np.save(cache, emb)
+    return emb
+
+
+def tsne_panels(run: Run, layers=("z", "h"), max_points: int = 10000, axes=None, title: str = ""):
+    """t-SNE of one run's test features: FC (projection ``z``) beside last conv (``h``), by class."""
+    import matplotlib.pyplot as plt
+
+    feats = run.features()
+    names = {"z": "FC (projection output)", "h": "last conv (pooled backbone)"}
+    if axes is None:
+        axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 4.5))[1]
+    axes = np.atleast_1d(axes)
+    y = feats["y"][:max_points]
+    cmap = "tab10" if y.max() < 10 else "nipy_spectral"
+    for ax, layer in zip(axes, layers):
+        emb = tsne_embedding(feats[layer][:max_points], run.path / f"tsne_{layer}_{max_points}.npy")
+        ax.scatter(emb[:, 0], emb[:, 1], c=y, cmap=cmap, s=4, linewidths=0)
+        ax.set_title(f"{title} {names[layer]}".strip(), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return axes
+
+
+def results_table(rows: list[dict]):
+    """A pandas table from dicts; missing cells are shown as a dash."""
+    import pandas as pd
+
+    return pd.DataFrame(rows).fillna("–")

@@ -1,0 +1,56 @@
+import pytest
+
+from sslnb.config import Config, ConfigError, parse_value
+
+
+def test_presets_build_and_paper_is_the_seed_protocol():
+    c = Config.from_preset("paper", "byol")
+    assert (c.dataset, c.network, c.batch_size, c.lr, c.epochs) == ("cifar100", "resnet18", 512, 0.12, 201)
+    assert c.lr_milestones == (160, 190, 200) and c.lr_decay == 0.1
+    assert (c.momentum, c.weight_decay, c.ema, c.ema_schedule) == (0.9, 5e-4, 0.996, "fixed")
+    assert c.augment == "aug+" and c.bn_code == "111" and c.bn_groups == 4 and c.width == 64
+    for preset in ("smoke", "cpu"):
+        assert Config.from_preset(preset, "byol").dataset == "digits"
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("method", "moco", ["method", "byol"]),
+    ("dataset", "imagenet", ["dataset", "cifar100", "digits"]),
+    ("bn_code", "121", ["bn_code", "BN1"]),
+    ("bn_code", "11", ["bn_code"]),
+    ("augment", "strong", ["augment", "aug+"]),
+    ("lr", 0, ["lr", "> 0"]),
+    ("knn_t", -0.1, ["knn_t", "> 0"]),
+    ("bn_groups", 3, ["bn_groups", "divisor"]),
+    ("epochs", -1, ["epochs"]),
+    ("ema", 1.5, ["ema"]),
+    ("lr_milestones", (5, 2), ["lr_milestones"]),
+])
+def test_bad_values_fail_with_one_line_naming_the_field(field, value, words):
+    with pytest.raises(ConfigError) as e:
+        Config.from_preset("cpu", "byol").replace(**{field: value})
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_unknown_field_and_preset():
+    with pytest.raises(ConfigError, match="unknown setting 'temprature'"):
+        Config.from_preset("cpu", "byol", temprature=0.2)
+    with pytest.raises(ConfigError, match="preset='gpu'.*smoke, cpu, paper"):
+        Config.from_preset("gpu", "byol")
+
+
+def test_parse_value_types():
+    assert parse_value("lr", "0.5") == 0.5
+    assert parse_value("bn_code", "011") == "011"
+    assert parse_value("lr_milestones", "160,190,200") == (160, 190, 200)
+    assert parse_value("bn_affine", "false") is False
+    with pytest.raises(ConfigError, match="epochs"):
+        parse_value("epochs", "ten")
+
+
+def test_roundtrip_dict():
+    c = Config.from_preset("cpu", "byol", bn_code="010")
+    assert Config.from_dict(c.to_dict()) == c
