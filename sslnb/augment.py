@@ -7,12 +7,16 @@ with every per-image random draw taken as a tensor from one generator, and
 reproduces the per-image semantics in distribution:
 
 ``"normal"``  RandomResizedCrop(size, scale=(0.2, 1)) -> ColorJitter(0.4, 0.4,
-              0.4, 0.4) always -> RandomGrayscale(0.2).  No flip, no blur.
+              0.4, 0.4) always -> RandomGrayscale(0.2).  No blur, no flip.
 ``"aug+"``    RandomResizedCrop(size, scale=(0.2, 1)) -> ColorJitter(0.4, 0.4,
               0.4, 0.1) with p=0.8 -> RandomGrayscale(0.2) -> GaussianBlur
               sigma~U(0.1, 2) with p=0.5 -> RandomHorizontalFlip(0.5).
 
-Normalisation is not done here.
+Normalisation is not done here.  The blur (and a crop that shrinks) is applied as
+small per-image matrices with batched matmuls; with TF32 matmuls enabled on CUDA
+these lose precision to about 1e-3, which is harmless for augmentation.  Ops that
+only some images get (hue, grayscale, blur, flip) run on that subset only, which
+costs one host sync each on CUDA.
 """
 
 from __future__ import annotations
@@ -38,16 +42,16 @@ _CONFIGS = {
 }
 
 
-# --------------------------------------------------------------------------- crop
+# --------------------------------------------------------------------------- resampling
 
 def sample_crop_boxes(batch: int, height: int, width: int, scale=(0.2, 1.0),
                       ratio=(3 / 4, 4 / 3), generator: torch.Generator | None = None,
                       device=None, attempts: int = 10) -> torch.Tensor:
     """RandomResizedCrop.get_params for a whole batch -> (B, 4) long tensor of (i, j, h, w).
 
-    Like torchvision: area fraction ~ U(scale), log aspect ratio ~ U(log ratio),
-    sides rounded, first of `attempts` tries that fits wins, else a centre crop of
-    the whole image with the ratio clamped into range.
+    As torchvision: area fraction ~ U(scale), log aspect ratio ~ U(log ratio), sides
+    rounded; the first of `attempts` tries that fits wins, else a centre crop of the
+    whole image with its ratio clamped into range.
     """
     u = torch.rand(2, batch, attempts, generator=generator, device=device)
     area = height * width * (scale[0] + (scale[1] - scale[0]) * u[0])
@@ -56,7 +60,7 @@ def sample_crop_boxes(batch: int, height: int, width: int, scale=(0.2, 1.0),
     w = torch.round(torch.sqrt(area * aspect)).long()
     h = torch.round(torch.sqrt(area / aspect)).long()
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first fitting try
+    first = ok.float().argmax(dim=1, keepdim=True)  # index of the first fitting try
     w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
 
     in_ratio = width / height
@@ -78,30 +82,89 @@ def sample_crop_boxes(batch: int, height: int, width: int, scale=(0.2, 1.0),
     return torch.stack((i, j, h, w), dim=1)
 
 
-def _axis_coords(start: torch.Tensor, length: torch.Tensor, size: int, full: int) -> torch.Tensor:
-    """(B,) crop start/length in pixels -> (B, size) normalised grid_sample coordinates."""
+def _separable(x: torch.Tensor, mh: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
+    """Per-image separable linear map: x (B, C, H, W), mh (B, Ho, H), mw (B, Wo, W) -> mh @ x @ mw^T."""
+    B, C, H, W = x.shape
+    Ho, Wo = mh.shape[1], mw.shape[1]
+    y = torch.bmm(x.reshape(B, C * H, W), mw.transpose(1, 2))        # (B, C*H, Wo)
+    y = y.view(B, C, H, Wo).transpose(2, 3).reshape(B, C * Wo, H)
+    y = torch.bmm(y, mh.transpose(1, 2))                              # (B, C*Wo, Ho)
+    return y.view(B, C, Wo, Ho).transpose(2, 3).contiguous()
+
+
+def _resample_matrix(start: torch.Tensor, length: torch.Tensor, size: int, n: int,
+                     dtype=torch.float32) -> torch.Tensor:
+    """(B,) crop start/length along an axis of n pixels -> (B, size, n) bilinear weights.
+
+    Triangle filter on half-pixel centres, widened by the scale when downsampling and
+    renormalised inside the crop: torchvision's bilinear resize with antialias=True
+    (and PIL's bilinear resize), applied to the crop.
+    """
+    start, length = start.to(torch.float32)[:, None, None], length.to(torch.float32)[:, None, None]
+    k = torch.arange(size, device=start.device, dtype=torch.float32)[None, :, None]
+    p = torch.arange(n, device=start.device, dtype=torch.float32)[None, None, :] + 0.5
+    scale = length / size
+    support = scale.clamp(min=1.0)
+    w = (1 - ((p - start - (k + 0.5) * scale) / support).abs()).clamp_(min=0)
+    w = w * ((p > start) & (p < start + length))
+    return (w / w.sum(dim=2, keepdim=True)).to(dtype)
+
+
+def _grid_coords(start: torch.Tensor, length: torch.Tensor, size: int, n: int) -> torch.Tensor:
+    """(B,) crop start/length along an axis of n pixels -> (B, size) grid_sample coordinates."""
     k = torch.arange(size, device=start.device, dtype=torch.float32) + 0.5
-    start, length = start.float()[:, None], length.float()[:, None]
-    src = start + k * (length / size) - 0.5  # half-pixel centres, as interpolate(align_corners=False)
-    # Clamping to the crop (not the image) matches crop-then-resize at the crop's border.
-    src = torch.minimum(torch.maximum(src, start), start + length - 1)
-    return (2 * src + 1) / full - 1
+    start, length = start.to(torch.float32)[:, None], length.to(torch.float32)[:, None]
+    src = start + k * (length / size) - 0.5  # half-pixel centres, as F.interpolate
+    src = torch.minimum(torch.maximum(src, start), start + length - 1)  # clamp to the crop
+    return (2 * src + 1) / n - 1
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop box (i, j, h, w) of each image and resize it bilinearly to (size, size).
+    """Crop box (i, j, h, w) of each image and resize it bilinearly (antialiased) to size x size.
 
     x: (B, C, H, W) float; boxes: (B, 4) integer (i, j, h, w) -> (B, C, size, size).
-    Equals torchvision's crop + bilinear resize whenever the crop is upsampled (always
-    the case for 32x32 inputs and size 32); crops larger than `size` are resampled
-    without antialiasing.
+    Matches torchvision.transforms.functional.resized_crop(..., antialias=True).
     """
     B, _, H, W = x.shape
-    gx = _axis_coords(boxes[:, 1], boxes[:, 3], size, W)
-    gy = _axis_coords(boxes[:, 0], boxes[:, 2], size, H)
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
-    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border",
-                         align_corners=False)
+    if H <= size and W <= size:
+        # Crops are only ever upsampled: plain bilinear sampling is exact, and grid_sample
+        # is faster here than the matrix route.
+        gx = _grid_coords(boxes[:, 1], boxes[:, 3], size, W)
+        gy = _grid_coords(boxes[:, 0], boxes[:, 2], size, H)
+        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+        return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border",
+                             align_corners=False)
+    mh = _resample_matrix(boxes[:, 0], boxes[:, 2], size, H, x.dtype)
+    mw = _resample_matrix(boxes[:, 1], boxes[:, 3], size, W, x.dtype)
+    return _separable(x, mh, mw)
+
+
+def _gaussian_matrix(sigma: torch.Tensor, n: int, radius: int, dtype=torch.float32) -> torch.Tensor:
+    """(B,) sigma -> (B, n, n) 1-D Gaussian blur (taps -radius..radius) with replicated edges."""
+    t = torch.arange(-radius, radius + 1, device=sigma.device)
+    kernel = torch.exp(-0.5 * (t / sigma.to(torch.float32)[:, None]) ** 2)
+    kernel = kernel * (kernel > 1e-20)  # no denormals: they make matmuls very slow on CPU
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)                          # (B, K)
+    src = (torch.arange(n, device=sigma.device)[:, None] + t).clamp_(0, n - 1)  # (n, K)
+    B = sigma.shape[0]
+    m = torch.zeros(B, n, n, device=sigma.device)
+    m.scatter_add_(2, src.expand(B, n, -1), kernel[:, None, :].expand(-1, n, -1))
+    return m.to(dtype)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int | None = None) -> torch.Tensor:
+    """Per-image separable Gaussian blur with replicated edges.
+
+    x: (B, C, H, W); sigma: (B,) > 0 in pixels -> (B, C, H, W).  The kernel radius
+    defaults to ceil(3 * max sigma).  The seed used PIL's
+    ImageFilter.GaussianBlur(radius=sigma), which approximates this Gaussian with
+    three extended box blurs (also extending edge pixels); here it is exact.
+    """
+    if radius is None:
+        radius = max(1, math.ceil(3 * float(sigma.max())))
+    mh = _gaussian_matrix(sigma, x.shape[2], radius, x.dtype)
+    mw = mh if x.shape[3] == x.shape[2] else _gaussian_matrix(sigma, x.shape[3], radius, x.dtype)
+    return _separable(x, mh, mw)
 
 
 # --------------------------------------------------------------------------- colour
@@ -113,28 +176,38 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 
 def _hue_max_chroma(x: torch.Tensor):
-    """(..., 3, H, W) RGB -> hue in sextants (..., H, W) in [-1, 5], max and chroma (..., H, W)."""
+    """(..., 3, H, W) RGB -> hue in sextants in [-1, 5], max, and chroma = max - min; each (..., H, W)."""
     r, g, b = x.unbind(dim=-3)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
-    inv = 1.0 / torch.where(chroma == 0, torch.ones_like(chroma), chroma)
-    is_r, is_g = maxc == r, maxc == g
-    h6 = torch.where(is_r, (g - b) * inv, torch.where(is_g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv))
-    return h6, maxc, chroma
+    maxc = torch.maximum(r, g)
+    torch.maximum(maxc, b, out=maxc)
+    chroma = torch.minimum(r, g)
+    torch.minimum(chroma, b, out=chroma)
+    chroma.neg_().add_(maxc)
+    inv = chroma.clamp_min(1e-12).reciprocal_()  # grey pixels: numerators below are 0 anyway
+    # torchvision's tie order: red wins over green wins over blue.
+    h6 = (r - g).mul_(inv).add_(4.0)
+    h6 = torch.where(maxc == g, (b - r).mul_(inv).add_(2.0), h6)
+    return torch.where(maxc == r, (g - b).mul_(inv), h6), maxc, chroma
 
 
 def _rgb_from_hue(h6: torch.Tensor, maxc: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
-    """Inverse of `_hue_max_chroma` (any real h6, in sextants) -> (..., 3, H, W) RGB."""
-    n = torch.tensor([5.0, 3.0, 1.0], device=h6.device, dtype=h6.dtype).view(3, 1, 1)  # R, G, B
-    k = torch.remainder(h6.unsqueeze(-3) + n, 6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return maxc.unsqueeze(-3) - chroma.unsqueeze(-3) * ramp
+    """Inverse of `_hue_max_chroma`, for any real hue h6 in sextants -> (..., 3, H, W) RGB."""
+    h = torch.div(h6, 6.0).floor_().mul_(-6.0).add_(h6)  # h6 mod 6, in [0, 6)
+    out = torch.empty(h.shape[:-2] + (3,) + h.shape[-2:], dtype=h.dtype, device=h.device)
+    for c, centre in enumerate((0.0, 2.0, 4.0)):  # hue of pure R, G, B
+        d = out.select(-3, c)
+        torch.sub(h, centre, out=d)
+        # circular distance e = 3 - |(|d| - 3)| from the channel's own hue; the channel is
+        # max - chroma * clamp(e - 1, 0, 1)  (the usual HSV -> RGB sextant formula)
+        d.abs_().sub_(3.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
+        d.mul_(chroma).neg_().add_(maxc)
+    return out
 
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) RGB in [0, 1] -> (..., 3, H, W) HSV, hue in [0, 1) (torchvision's formula)."""
     h6, maxc, chroma = _hue_max_chroma(x)
-    s = chroma / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
+    s = chroma / maxc.clamp_min(1e-12)
     return torch.stack((torch.fmod(h6 / 6.0 + 1.0, 1.0), s, maxc), dim=-3)
 
 
@@ -147,69 +220,45 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
 def adjust_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     """x: (B, 3, H, W) RGB; hue: (B,) shift as a fraction of the hue circle -> (B, 3, H, W).
 
-    Same result as rgb_to_hsv -> shift -> hsv_to_rgb (value and chroma are unchanged
-    by a hue rotation, so saturation never needs to be formed).
+    Same as rgb_to_hsv -> shift -> hsv_to_rgb; value (max) and chroma are unchanged by
+    a hue rotation, so saturation is never formed.
     """
     h6, maxc, chroma = _hue_max_chroma(x)
-    return _rgb_from_hue(h6 + 6.0 * hue.to(x.dtype)[:, None, None], maxc, chroma)
+    return _rgb_from_hue(h6.add_(6.0 * hue.to(x.dtype)[:, None, None]), maxc, chroma)
+
+
+def _apply_where(x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
+    """x[mask] = fn(x[mask], indices) in place, for a (B,) bool mask; returns x."""
+    idx = mask.nonzero().squeeze(1)
+    if idx.numel():
+        x.index_copy_(0, idx, fn(x.index_select(0, idx), idx))
+    return x
 
 
 def color_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
                  saturation: torch.Tensor, hue: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """torchvision ColorJitter with per-image factors and per-image op order.
+    """torchvision's ColorJitter with per-image factors and per-image op order.
 
     x: (B, 3, H, W) in [0, 1]; brightness, contrast, saturation: (B,) factors (1 = no-op);
-    hue: (B,) shift (0 = no-op); order: (B, 4) a permutation of 0..3 per image, ops
-    0 brightness, 1 contrast, 2 saturation, 3 hue, applied left to right -> (B, 3, H, W).
-    Brightness, contrast and saturation are each a clamped blend
-    factor * x + (1 - factor) * other with other = 0, the grey mean or the grey image.
+    hue: (B,) shift (0 = no-op); order: (B, 4) a permutation of 0..3 per image (ops
+    0 brightness, 1 contrast, 2 saturation, 3 hue, applied left to right) -> (B, 3, H, W).
     """
     B = x.shape[0]
-    x = x.clone()  # updated in place below
     one = torch.ones_like(brightness)
     for k in range(4):
         op = order[:, k]
+        # Brightness, contrast and saturation are each clamp(f * x + (1 - f) * other) with
+        # other = 0, the mean grey level, or the grey image; f = 1 leaves x exactly as is.
         f = torch.where(op == 0, brightness, torch.where(op == 1, contrast,
                         torch.where(op == 2, saturation, one)))
         gray = grayscale(x)
-        other = torch.where((op == 2).view(B, 1, 1, 1), gray,
-                            gray.mean(dim=(-2, -1), keepdim=True) * (op == 1).to(x.dtype).view(B, 1, 1, 1))
-        # lerp(other, x, f) = f * x + (1 - f) * other, and exactly x where f == 1.
+        use_con = (op == 1).to(x.dtype).view(B, 1, 1, 1)
+        use_sat = (op == 2).to(x.dtype).view(B, 1, 1, 1)
+        other = (gray * use_sat).add_(gray.mean(dim=(-2, -1), keepdim=True) * use_con)
         x = torch.lerp(other, x, f.to(x.dtype).view(B, 1, 1, 1)).clamp_(0.0, 1.0)
-        # Hue is the expensive op: run it only on the images whose step k is a hue shift.
-        idx = ((op == 3) & (hue != 0)).nonzero().squeeze(1)
-        if idx.numel():
-            x.index_copy_(0, idx, adjust_hue(x.index_select(0, idx), hue.index_select(0, idx)))
+        # HSV is the costly op: run it only on the images whose step k is the hue shift.
+        x = _apply_where(x, (op == 3) & (hue != 0), lambda xs, idx: adjust_hue(xs, hue[idx]))
     return x
-
-
-# --------------------------------------------------------------------------- blur
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int | None = None) -> torch.Tensor:
-    """Per-image separable Gaussian blur with replicate padding.
-
-    x: (B, C, H, W); sigma: (B,) in pixels, <= 0 means no blur -> (B, C, H, W).
-    The kernel radius defaults to ceil(3 * max sigma).  The seed used PIL's
-    ImageFilter.GaussianBlur(radius=sigma), which approximates this Gaussian with
-    three extended box blurs and extends edge pixels; here the Gaussian is exact.
-    """
-    B, C, H, W = x.shape
-    sigma = sigma.to(torch.float32)
-    if radius is None:
-        radius = max(1, math.ceil(3 * float(sigma.max())))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
-    s = sigma.clamp_min(1e-6)[:, None]
-    kernel = torch.exp(-0.5 * (t / s) ** 2)
-    delta = (t == 0).float().expand_as(kernel)
-    kernel = torch.where(sigma[:, None] > 0, kernel, delta)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(x.dtype)
-    kernel = kernel.repeat_interleave(C, dim=0)  # (B*C, K): one kernel per channel group
-    y = x.reshape(1, B * C, H, W)
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"),
-                 kernel[:, None, None, :], groups=B * C)
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"),
-                 kernel[:, None, :, None], groups=B * C)
-    return y.reshape(B, C, H, W)
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -217,8 +266,9 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int | None = Non
 class BatchAugment:
     """One of the seed's pipelines applied to a whole batch at once.
 
-    The pipeline's parameters are plain attributes (scale, ratio, brightness,
-    contrast, saturation, hue, jitter_p, gray_p, blur_p, blur_sigma, flip_p).
+    The pipeline's parameters are plain attributes (scale, ratio, brightness, contrast,
+    saturation, hue, jitter_p, gray_p, blur_p, blur_sigma, flip_p), so variants can be
+    made by setting them after construction.
     """
 
     def __init__(self, name: str, size: int = 32):
@@ -244,12 +294,12 @@ class BatchAugment:
         def rand(*shape):
             return torch.rand(shape, generator=generator, device=dev)
 
-        def factor(spread, applied):  # U[max(0, 1 - spread), 1 + spread], 1 where not applied
-            f = max(0.0, 1 - spread) + (1 + spread - max(0.0, 1 - spread)) * rand(B)
-            return torch.where(applied, f, torch.ones_like(f))
+        def factor(spread, applied):  # U[max(0, 1 - spread), 1 + spread]; 1 where not applied
+            lo = max(0.0, 1 - spread)
+            return torch.where(applied, lo + (1 + spread - lo) * rand(B), torch.ones(B, device=dev))
 
         boxes = sample_crop_boxes(B, H, W, self.scale, self.ratio, generator, dev)
-        x = resized_crop(x, boxes, self.size)
+        x = resized_crop(x, boxes, self.size).clamp_(0.0, 1.0)
 
         applied = rand(B) < self.jitter_p
         b, c, s = (factor(v, applied) for v in (self.brightness, self.contrast, self.saturation))
@@ -257,24 +307,21 @@ class BatchAugment:
         order = rand(B, 4).argsort(dim=1)  # a uniform random permutation per image
         x = color_jitter(x, b, c, s, h, order)
 
-        gray = (rand(B) < self.gray_p)[:, None, None, None]
-        x = torch.where(gray, grayscale(x).expand_as(x), x)
+        x = _apply_where(x, rand(B) < self.gray_p, lambda xs, _: grayscale(xs).expand_as(xs))
 
         if self.blur_p > 0:
             lo, hi = self.blur_sigma
             sigma = lo + (hi - lo) * rand(B)
-            sigma = torch.where(rand(B) < self.blur_p, sigma, torch.zeros_like(sigma))
-            x = gaussian_blur(x, sigma, radius=math.ceil(3 * hi))
-
+            x = _apply_where(x, rand(B) < self.blur_p,
+                             lambda xs, idx: gaussian_blur(xs, sigma[idx], radius=math.ceil(3 * hi)))
         if self.flip_p > 0:
-            flip = (rand(B) < self.flip_p)[:, None, None, None]
-            x = torch.where(flip, x.flip(-1), x)
+            x = _apply_where(x, rand(B) < self.flip_p, lambda xs, _: xs.flip(-1))
         return x.clamp_(0.0, 1.0)
 
 
 def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
     """Test-time transform: (B,3,H,W) -> (B,3,size,size); returns x unchanged when H == W == size.
-    Otherwise a bilinear resize with antialiasing (aspect ratio is not kept)."""
+    Otherwise a bilinear resize with antialiasing (the aspect ratio is not kept)."""
     if x.shape[-2] == size and x.shape[-1] == size:
         return x
     y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)

@@ -1,0 +1,148 @@
+"""Build the book: ``python -m sslnb.book {train,execute,build}`` (what ``make book`` runs).
+
+1. ``train``   trains every run the chapters need for a preset (``sslnb.experiments``), with progress;
+2. ``execute`` copies the book into ``_stage/`` and executes each chapter there with papermill
+               (parameters: preset, dataset, run_root, devices), hiding the injected-parameters cell;
+3. ``build``   builds the staged, executed book with jupyter-book 1.x into ``_build/html``.
+
+Notebook outputs are never written into ``book/``: the sources stay output-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE = ROOT / "_stage"
+BOOK = ROOT / "book"
+
+
+class BookError(RuntimeError):
+    """A problem a user can fix; printed as one line."""
+
+
+def chapters() -> list[Path]:
+    return sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+
+
+def check_parameters(notebook: Path, parameters: dict) -> None:
+    """Refuse a parameter the notebook does not declare (papermill itself only warns)."""
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(notebook))
+    for name in parameters:
+        if name not in declared:
+            raise BookError(f"{notebook.name} has no parameter {name!r}; its parameters are: {', '.join(declared)}")
+
+
+def stage() -> None:
+    """Copy the book sources (and the library, for literalinclude) into ``_stage/``."""
+    if STAGE.exists():
+        shutil.rmtree(STAGE)
+    STAGE.mkdir()
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, STAGE / name)
+    ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc")
+    shutil.copytree(BOOK, STAGE / "book", ignore=ignore)
+    shutil.copytree(ROOT / "sslnb", STAGE / "sslnb", ignore=ignore)
+
+
+def hide_injected_parameters(path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = tags + ["remove-cell"]
+    nbformat.write(nb, path)
+
+
+def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600) -> list[Path]:
+    """Execute every chapter (or those named in ``only``) into ``_stage/book``."""
+    import papermill as pm
+
+    stage()
+    done = []
+    for nb in chapters():
+        if only and nb.stem not in only:
+            continue
+        check_parameters(nb, parameters)
+        out = STAGE / "book" / nb.name
+        print(f"executing {nb.name} with {parameters}", flush=True)
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=parameters, kernel_name="python3",
+                                cwd=str(BOOK), progress_bar=False, execution_timeout=timeout)
+        except pm.PapermillExecutionError as e:
+            raise BookError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                            f"(the executed notebook is {out})") from None
+        hide_injected_parameters(out)
+        done.append(out)
+    return done
+
+
+def build(strict: bool = True) -> Path:
+    """jupyter-book build of the staged book; returns the index page."""
+    if not (STAGE / "_toc.yml").exists():
+        raise BookError("nothing is staged: run `make book` (or `python -m sslnb.book execute`) first")
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(STAGE), "--all",
+           "--path-output", str(ROOT)]
+    if strict:
+        cmd += ["-W", "--keep-going"]
+    if subprocess.run(cmd).returncode != 0:
+        raise BookError("jupyter-book build failed; see the warnings above")
+    index = ROOT / "_build" / "html" / "index.html"
+    print(f"\nThe book is built. Open {index}")
+    return index
+
+
+def train_all(preset: str, run_root: str, device: str, dataset: str | None = None) -> None:
+    from .experiments import CHAPTERS, chapter_runs
+    from .runs import launch
+
+    for chapter in CHAPTERS:
+        runs = chapter_runs(chapter, preset, dataset, device)
+        print(f"{chapter}: {len(runs)} runs at preset {preset} under {run_root}", flush=True)
+        launch(list(runs.values()), run_root)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sslnb.book", description=__doc__.splitlines()[0])
+    p.add_argument("step", choices=["train", "execute", "build"])
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--dataset", default=None, help="override the preset's dataset")
+    p.add_argument("--run-root", default="runs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--chapters", nargs="*", help="execute only these chapters (by file stem)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="an extra papermill parameter")
+    args = p.parse_args(argv)
+    run_root = str(Path(args.run_root).resolve())
+    try:
+        if args.step == "train":
+            train_all(args.preset, run_root, args.device, args.dataset)
+        elif args.step == "execute":
+            params = {"preset": args.preset, "run_root": run_root, "devices": args.device}
+            if args.dataset:
+                params["dataset"] = args.dataset
+            params.update(dict(args.parameter))
+            execute(params, args.chapters)
+        else:
+            build()
+    except Exception as e:  # one line for the user; the run directories keep what was done
+        from .config import ConfigError
+        from .data import DatasetUnavailable
+
+        if isinstance(e, (BookError, ConfigError, DatasetUnavailable)):
+            print(f"{p.prog} {args.step}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
