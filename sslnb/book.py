@@ -39,16 +39,16 @@ def check_parameters(notebook: Path, parameters: dict) -> None:
             raise BookError(f"{notebook.name} has no parameter {name!r}; its parameters are: {', '.join(declared)}")
 
 
-def stage() -> None:
-    """Copy the book sources (and the library, for literalinclude) into ``_stage/``."""
-    if STAGE.exists():
-        shutil.rmtree(STAGE)
-    STAGE.mkdir()
+def stage(stage_dir: Path = STAGE) -> None:
+    """Copy the book sources (and the library, for literalinclude) into ``stage_dir``."""
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True)
     for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(ROOT / name, STAGE / name)
+        shutil.copy2(ROOT / name, stage_dir / name)
     ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc")
-    shutil.copytree(BOOK, STAGE / "book", ignore=ignore)
-    shutil.copytree(ROOT / "sslnb", STAGE / "sslnb", ignore=ignore)
+    shutil.copytree(BOOK, stage_dir / "book", ignore=ignore)
+    shutil.copytree(ROOT / "sslnb", stage_dir / "sslnb", ignore=ignore)
 
 
 def hide_injected_parameters(path: Path) -> None:
@@ -62,17 +62,18 @@ def hide_injected_parameters(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600) -> list[Path]:
-    """Execute every chapter (or those named in ``only``) into ``_stage/book``."""
+def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600,
+            stage_dir: Path = STAGE) -> list[Path]:
+    """Execute every chapter (or those named in ``only``) into ``stage_dir/book``."""
     import papermill as pm
 
-    stage()
-    done = []
-    for nb in chapters():
-        if only and nb.stem not in only:
-            continue
+    selected = [nb for nb in chapters() if not only or nb.stem in only]
+    for nb in selected:  # refuse a typo before anything runs
         check_parameters(nb, parameters)
-        out = STAGE / "book" / nb.name
+    stage(stage_dir)
+    done = []
+    for nb in selected:
+        out = stage_dir / "book" / nb.name
         print(f"executing {nb.name} with {parameters}", flush=True)
         try:
             pm.execute_notebook(str(nb), str(out), parameters=parameters, kernel_name="python3",
@@ -85,29 +86,31 @@ def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600
     return done
 
 
-def build(strict: bool = True) -> Path:
-    """jupyter-book build of the staged book; returns the index page."""
-    if not (STAGE / "_toc.yml").exists():
+def build(strict: bool = True, stage_dir: Path = STAGE, out_dir: Path = ROOT, quiet: bool = False) -> Path:
+    """jupyter-book build of the staged book into ``out_dir/_build/html``; returns the index page."""
+    if not (stage_dir / "_toc.yml").exists():
         raise BookError("nothing is staged: run `make book` (or `python -m sslnb.book execute`) first")
-    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(STAGE), "--all",
-           "--path-output", str(ROOT)]
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage_dir), "--all",
+           "--path-output", str(out_dir)]
     if strict:
         cmd += ["-W", "--keep-going"]
-    if subprocess.run(cmd).returncode != 0:
-        raise BookError("jupyter-book build failed; see the warnings above")
-    index = ROOT / "_build" / "html" / "index.html"
+    proc = subprocess.run(cmd, capture_output=quiet, text=True)
+    if proc.returncode != 0:
+        detail = f":\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}" if quiet else "; see the warnings above"
+        raise BookError(f"jupyter-book build failed{detail}")
+    index = out_dir / "_build" / "html" / "index.html"
     print(f"\nThe book is built. Open {index}")
     return index
 
 
-def train_all(preset: str, run_root: str, device: str, dataset: str | None = None) -> None:
+def train_all(preset: str, run_root: str, device: str, dataset: str | None = None, jobs: int = 2) -> None:
     from .experiments import CHAPTERS, chapter_runs
     from .runs import launch
 
     for chapter in CHAPTERS:
         runs = chapter_runs(chapter, preset, dataset, device)
         print(f"{chapter}: {len(runs)} runs at preset {preset} under {run_root}", flush=True)
-        launch(list(runs.values()), run_root)
+        launch(list(runs.values()), run_root, jobs=jobs)
 
 
 def main(argv=None) -> int:
@@ -117,6 +120,8 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default=None, help="override the preset's dataset")
     p.add_argument("--run-root", default="runs")
     p.add_argument("--device", default="auto")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained at once, one thread each (default: 2 on a CPU, 1 with a GPU)")
     p.add_argument("--chapters", nargs="*", help="execute only these chapters (by file stem)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="an extra papermill parameter")
@@ -124,7 +129,10 @@ def main(argv=None) -> int:
     run_root = str(Path(args.run_root).resolve())
     try:
         if args.step == "train":
-            train_all(args.preset, run_root, args.device, args.dataset)
+            import torch
+
+            jobs = args.jobs or (1 if torch.cuda.is_available() and args.device != "cpu" else 2)
+            train_all(args.preset, run_root, args.device, args.dataset, jobs)
         elif args.step == "execute":
             params = {"preset": args.preset, "run_root": run_root, "devices": args.device}
             if args.dataset:

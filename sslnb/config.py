@@ -17,7 +17,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 
-METHODS = ("byol", "supervised")
+METHODS = ("byol", "simclr", "supervised")
 DATASETS = ("digits", "cifar10", "cifar100")
 NETWORKS = ("resnet18", "resnet50")
 AUGMENTS = ("normal", "aug+")
@@ -71,6 +71,10 @@ class Config:
     proj_dim: int = 256
     proj_hidden: int = 0  # 0 = the backbone feature size, as in the seed (512 for ResNet-18)
     pred_hidden: int = 256
+    pred_lr_mult: float = 1.0  # predictor lr = lr * this (1 in the seed; >1 as in Tian et al., 2021)
+
+    # SimCLR
+    temperature: float = 0.5
 
     # evaluation (seed-protocol section 6)
     knn_k: int = 200
@@ -197,7 +201,7 @@ def validate(c: Config) -> None:
         v = getattr(c, name)
         _check(name, isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0", v)
     _check("image_size", c.image_size >= 8, "an integer >= 8", c.image_size)
-    for name in ("lr", "knn_t", "probe_lr"):
+    for name in ("lr", "knn_t", "probe_lr", "temperature", "pred_lr_mult"):
         v = getattr(c, name)
         _check(name, isinstance(v, (int, float)) and v > 0, "a number > 0", v)
     for name in ("momentum", "weight_decay", "lr_decay"):

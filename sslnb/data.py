@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,9 @@ import torch.nn.functional as F
 # The seed normalises CIFAR-10 and CIFAR-100 with these (the widely copied CIFAR-10 std).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+TRAIN_SIZES = {"digits": 3000, "cifar10": 50000, "cifar100": 50000}
 
 
 class DatasetUnavailable(RuntimeError):
@@ -50,6 +53,7 @@ class ImageData:
     classes: list[str]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    meta: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -135,9 +139,11 @@ def _download_cifar(name: str, root: Path, download: bool) -> None:
 
 # ---------------------------------------------------------------------- the embedded digits
 DIGITS_VERSION = 1
+DIGITS_STYLE = dict(scale=(0.4, 0.85), rotation=20.0, level=(0.0, 0.35), texture=0.06, noise=0.02,
+                    contrast=(0.4, 0.65))
 
 
-def make_digits(seed: int = 0, n_train: int = 3000, n_test: int = 1000, size: int = 32) -> ImageData:
+def make_digits(seed: int = 0, n_train: int = 3000, n_test: int = 1000, size: int = 32, **style) -> ImageData:
     """The embedded offline dataset: scikit-learn's 1,797 8x8 handwritten digits rendered into 32x32
     RGB scenes, deterministically (the same tensors on every machine).
 
@@ -160,25 +166,29 @@ def make_digits(seed: int = 0, n_train: int = 3000, n_test: int = 1000, size: in
         cut = int(round(0.7 * len(members)))
         train_src += members[:cut].tolist()
         test_src += members[cut:].tolist()
-    train = _render(src, labels, np.array(train_src), n_train, size, rng)
-    test = _render(src, labels, np.array(test_src), n_test, size, rng)
+    style = {**DIGITS_STYLE, **style}
+    train, train_pick = _render(src, labels, np.array(train_src), n_train, size, rng, **style)
+    test, test_pick = _render(src, labels, np.array(test_src), n_test, size, rng, **style)
     mean = tuple(train.x.float().div(255).mean(dim=(0, 2, 3)).tolist())
     std = tuple(train.x.float().div(255).std(dim=(0, 2, 3)).tolist())
-    return ImageData("digits", train, test, [str(c) for c in range(10)], mean, std)
+    return ImageData("digits", train, test, [str(c) for c in range(10)], mean, std,
+                     meta={"train_sources": train_pick, "test_sources": test_pick, "style": style})
 
 
 def _render(src: torch.Tensor, labels: torch.Tensor, pool: np.ndarray, n: int, size: int,
-            rng: np.random.Generator) -> Split:
-    """Render ``n`` scenes from the source digits in ``pool`` (cycled, then shuffled). -> Split."""
-    pick = rng.permutation(np.resize(rng.permutation(pool), n))
+            rng: np.random.Generator, scale=(0.4, 0.85), rotation=20.0, level=(0.0, 0.35), texture=0.06,
+            noise=0.02, contrast=(0.4, 0.65)) -> tuple[Split, np.ndarray]:
+    """Render ``n`` scenes from the source digits in ``pool`` (cycled, then shuffled).
+    Returns the split and, for each image, the index of its source digit."""
+    pick = rng.permutation(np.resize(rng.permutation(pool), n))  # indices into the 1,797 sources
     glyph = F.pad(src[pick].unsqueeze(1), (1, 1, 1, 1))  # (n, 1, 10, 10): a zero border to sample into
 
     def u(lo, hi, shape=(n,)):
         return torch.from_numpy(rng.uniform(lo, hi, size=shape).astype(np.float32))
 
     # Affine map from canvas coordinates [-1, 1] to glyph coordinates [-1, 1] (grid_sample's convention).
-    scale = u(0.40, 0.85) * 10 / 8  # digit height as a fraction of the canvas (the glyph has a border)
-    angle = u(-20, 20) * np.pi / 180
+    scale = u(*scale) * 10 / 8  # digit height as a fraction of the canvas (the glyph has a border)
+    angle = u(-rotation, rotation) * np.pi / 180
     room = (1 - scale * 8 / 10).clamp(min=0)  # keep the digit inside the canvas
     tx, ty = u(-1, 1) * room, u(-1, 1) * room
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
@@ -188,11 +198,11 @@ def _render(src: torch.Tensor, labels: torch.Tensor, pool: np.ndarray, n: int, s
     ink = F.grid_sample(glyph, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     # Background: a grey level plus smooth low-frequency texture and a little pixel noise.
-    level = u(0.0, 0.35).view(n, 1, 1, 1)
-    texture = F.interpolate(torch.from_numpy(rng.normal(0, 1, (n, 1, 4, 4)).astype(np.float32)),
+    level = u(*level).view(n, 1, 1, 1)
+    tex = F.interpolate(torch.from_numpy(rng.normal(0, 1, (n, 1, 4, 4)).astype(np.float32)),
                             size=(size, size), mode="bicubic", align_corners=False)
-    background = level + 0.06 * texture + 0.02 * torch.from_numpy(rng.normal(0, 1, (n, 1, size, size)).astype(np.float32))
-    brightness = (level + u(0.4, 0.65).view(n, 1, 1, 1)).clamp(max=1.0)
+    background = level + texture * tex + noise * torch.from_numpy(rng.normal(0, 1, (n, 1, size, size)).astype(np.float32))
+    brightness = (level + u(*contrast).view(n, 1, 1, 1)).clamp(max=1.0)
     img = background * (1 - ink) + brightness * ink
     x = (img.clamp(0, 1) * 255).round().to(torch.uint8).expand(n, 3, size, size).contiguous()
-    return Split(x, labels[pick].clone())
+    return Split(x, labels[pick].clone()), pick

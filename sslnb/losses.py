@@ -25,3 +25,19 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Supervised reference: mean cross-entropy. ``logits`` (B, C), ``y`` (B,) class indices."""
     return F.cross_entropy(logits, y)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent (Chen et al., 2020, eq. 1), the standard form.
+
+    ``z1``, ``z2`` (B, D): projections of two views of the same B images. Every one of the 2B vectors is
+    an anchor; its positive is the other view of its image and its 2B - 2 negatives are all other
+    vectors, same-view ones included. Cosine similarities are divided by ``temperature``. Returns the
+    mean loss over the 2B anchors.
+    """
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2B, D)
+    n = z1.shape[0]
+    sim = z @ z.T / temperature  # (2B, 2B)
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, positives)

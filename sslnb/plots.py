@@ -71,25 +71,37 @@ def metric_curves(runs: list[Run], metric: str = "knn", labels=None, ax=None, re
     return ax
 
 
+# How many test points the t-SNE pictures use per preset (the seed used all 10,000 CIFAR test images).
+TSNE_POINTS = {"smoke": 300, "cpu": 1000, "paper": 10000}
+
+
 def tsne_embedding(features: np.ndarray, cache: Path | None = None, perplexity: float = 25.0,
                    seed: int = 0) -> np.ndarray:
     """2-D t-SNE of ``features`` (N, D) -> (N, 2), with the TensorBoard projector's perplexity 25 and
-    cosine metric (the seed's figures came from the projector); cached in ``cache`` if given."""
+    cosine metric (the seed's figures came from the projector); cached in ``cache`` if given.
+    Up to 3,000 points use the exact dense implementation in :mod:`sslnb.tsne`, more use scikit-learn."""
     if cache is not None and cache.exists():
         return np.load(cache)
-    from sklearn.manifold import TSNE
+    if len(features) <= 3000:
+        from .tsne import tsne
 
-    emb = TSNE(2, perplexity=min(perplexity, (len(features) - 1) / 3), metric="cosine", init="pca",
-               random_state=seed).fit_transform(features.astype(np.float32))
+        emb = tsne(features, perplexity=perplexity, seed=seed)
+    else:
+        from sklearn.manifold import TSNE
+
+        emb = TSNE(2, perplexity=perplexity, metric="cosine", init="pca",
+                   random_state=seed).fit_transform(features.astype(np.float32))
     if cache is not None:
         np.save(cache, emb)
     return emb
 
 
-def tsne_panels(run: Run, layers=("z", "h"), max_points: int = 10000, axes=None, title: str = ""):
-    """t-SNE of one run's test features: FC (projection ``z``) beside last conv (``h``), by class."""
+def tsne_panels(run: Run, layers=("z", "h"), max_points: int | None = None, axes=None, title: str = ""):
+    """t-SNE of one run's test features: FC (projection ``z``) beside last conv (``h``), by class.
+    ``max_points`` defaults to the run's preset entry in ``TSNE_POINTS``."""
     import matplotlib.pyplot as plt
 
+    max_points = max_points or TSNE_POINTS.get(run.config.preset, 10000)
     feats = run.features()
     names = {"z": "FC (projection output)", "h": "last conv (pooled backbone)"}
     if axes is None:

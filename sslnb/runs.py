@@ -171,24 +171,71 @@ def find_runs(run_root: str | Path = "runs", done: bool = True, **where) -> list
 
 
 # ---------------------------------------------------------------------- launching
-def launch(configs, run_root: str | Path = "runs", progress: bool = True) -> list[Run]:
+def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: int = 1) -> list[Run]:
     """Make sure every config has a finished run under ``run_root``; train only what is missing.
 
     Finished runs (same config, same directory) are reused as they are; interrupted ones resume from
-    their checkpoint. Returns the runs in the order of ``configs``.
+    their checkpoint. With ``jobs`` > 1 the missing runs train in that many subprocesses at once, each
+    with one thread (on a 2-core laptop two single-thread runs finish sooner than two two-thread runs
+    one after the other), with one progress bar per run. Returns the runs in the order of ``configs``.
     """
-    from .train import train
-
     configs = [configs] if isinstance(configs, Config) else list(configs)
     root = Path(run_root)
-    runs = []
-    for i, cfg in enumerate(configs):
-        path = root / run_name(cfg)
-        run = load_run(path) if (path / "config.json").exists() else None
-        if run is None or not run.done:
+    paths = [root / run_name(cfg) for cfg in configs]
+    missing = [(cfg, path) for cfg, path in zip(configs, paths) if not (path / "result.json").exists()]
+    if missing and jobs > 1 and len(missing) > 1:
+        _train_in_subprocesses(missing, jobs, progress)
+    else:
+        from .train import train
+
+        for i, (cfg, path) in enumerate(missing):
             if progress:
-                print(f"[{i + 1}/{len(configs)}] training {path}", flush=True)
+                print(f"[{i + 1}/{len(missing)}] training {path}", flush=True)
             train(cfg, path, progress=progress)
-            run = load_run(path)
-        runs.append(run)
+    runs = [load_run(path) for path in paths]
+    failed = [run.name for run in runs if not run.done]
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) did not finish, first {failed[0]}: see its train.log")
     return runs
+
+
+def _steps_done(path: Path) -> int:
+    try:
+        with open(path / "metrics.jsonl", "rb") as f:
+            return f.read().count(b'"kind": "step"')
+    except OSError:
+        return 0
+
+
+def _train_in_subprocesses(missing, jobs: int, progress: bool) -> None:
+    """Train (config, path) pairs with ``python -m sslnb.train`` subprocesses, ``jobs`` at a time."""
+    from tqdm.auto import tqdm
+
+    from .train import steps_per_epoch
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    queue, running, bars = list(missing), [], {}
+    total = tqdm(total=len(missing), desc="runs", unit="run", disable=not progress, position=0)
+    while queue or running:
+        while queue and len(running) < jobs:
+            cfg, path = queue.pop(0)
+            path.mkdir(parents=True, exist_ok=True)
+            if not (path / "config.json").exists():
+                write_json_atomic(path / "config.json", cfg.to_dict())
+            log = open(path / "train.log", "a")
+            args = [sys.executable, "-m", "sslnb.train", "--quiet", "--run-dir", str(path), "--config", str(path / "config.json")]
+            running.append((subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env), path, log))
+            bars[path] = tqdm(total=cfg.epochs * steps_per_epoch(cfg), desc=path.name[:40], unit="step",
+                              disable=not progress, position=len(bars) % jobs + 1, leave=False)
+        time.sleep(1.0)
+        for proc, path, log in list(running):
+            bar = bars[path]
+            bar.update(_steps_done(path) - bar.n)
+            if proc.poll() is not None:
+                log.close()
+                running.remove((proc, path, log))
+                bar.close()
+                total.update(1)
+                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {path / 'train.log'})"
+                total.write(f"{path.name}: {status}")
+    total.close()

@@ -41,6 +41,19 @@ def learning_rate(cfg: Config, epoch: int) -> float:
     return cfg.lr * cfg.lr_decay ** sum(epoch >= m for m in cfg.lr_milestones)
 
 
+def batches_per_epoch(n: int, cfg: Config) -> int:
+    """The seed kept the last, smaller batch (drop_last=False); we drop it only if BN cannot use it."""
+    return n // cfg.batch_size + (n % cfg.batch_size >= 2 * cfg.bn_groups)
+
+
+def steps_per_epoch(cfg: Config) -> int:
+    """Optimiser steps per epoch, without loading the data (for progress bars)."""
+    from .data import TRAIN_SIZES
+
+    n = TRAIN_SIZES[cfg.dataset]
+    return batches_per_epoch(min(n, cfg.train_size) if cfg.train_size else n, cfg)
+
+
 def _generator(device: torch.device, *seeds: int) -> torch.Generator:
     g = torch.Generator(device=device)
     value = 0
@@ -109,7 +122,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     augment = BatchAugment(cfg.augment, cfg.image_size)
     n, bs = len(train_y), cfg.batch_size
-    n_batches = n // bs + (n % bs >= 2 * cfg.bn_groups)  # drop only a last batch too small for BN
+    n_batches = batches_per_epoch(n, cfg)
     total = cfg.epochs * n_batches
     bar = tqdm(total=total, initial=step, desc=run_dir.name, disable=not progress, unit="step",
                dynamic_ncols=True, mininterval=1.0)
@@ -118,7 +131,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
         t0 = time.perf_counter()
         lr = learning_rate(cfg, epoch)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         order = torch.randperm(n, generator=_generator(torch.device("cpu"), cfg.seed, epoch, 0)).to(device)
         g_aug = _generator(device, cfg.seed, epoch, 1)
         logs: dict[str, list] = {}
@@ -210,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="the run directory (default: RUN_ROOT/<name from the config>)")
     p.add_argument("--run-root", default="runs", help="where runs live when --run-dir is not given")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", help="a config.json to train exactly (flags given as well override it)")
     for name in field_names():
         if name != "preset":
             p.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", help=argparse.SUPPRESS)
@@ -219,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides = {k: parse_value(k, v) for k, v in vars(args).items()
                  if k in field_names() and k != "preset" and v is not None}
+    if args.config:
+        try:
+            base = Config.from_dict(json.loads(Path(args.config).read_text()))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--config {args.config} cannot be read: {e}") from None
+        return base.replace(**overrides)
     method = overrides.pop("method", "byol")
     return Config.from_preset(args.preset, method, **overrides)
 
@@ -226,6 +246,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    run_dir = args.run_dir
     try:
         cfg = config_from_args(args)
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.run_root) / run_name(cfg)

@@ -5,7 +5,8 @@
   labels (only the supervised reference may use them), ``idx`` (B,) dataset indices;
 - ``after_step(progress)``: state changes after the optimiser step (EMA target, memory bank), under
   ``torch.no_grad``; ``progress`` is the fraction of training done;
-- ``trainable_parameters()``: what the optimiser updates;
+- ``trainable_parameters()``: what the optimiser updates (parameters or parameter groups; a group's
+  ``lr_mult`` scales the learning rate);
 - ``backbone``: the network that is evaluated (kNN, linear probe, t-SNE), and ``embed(x) -> (h, z)``.
 """
 
@@ -18,6 +19,9 @@ def build_method(cfg: Config, num_classes: int):
     if cfg.method == "byol":
         from .byol import BYOL
         return BYOL(cfg)
+    if cfg.method == "simclr":
+        from .simclr import SimCLR
+        return SimCLR(cfg)
     if cfg.method == "supervised":
         from .supervised import Supervised
         return Supervised(cfg, num_classes)

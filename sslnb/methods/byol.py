@@ -72,7 +72,9 @@ class BYOL(nn.Module):
         return self.online(x)
 
     def trainable_parameters(self):
-        return list(self.online.parameters()) + list(self.predictor.parameters())
+        """Optimiser parameter groups: the online network, and the predictor (with its lr multiplier)."""
+        return [{"params": list(self.online.parameters())},
+                {"params": list(self.predictor.parameters()), "lr_mult": self.cfg.pred_lr_mult}]
 
     def _forward_views(self, net: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.cfg.view_bn == "joint":  # both views in one BN batch

@@ -1,0 +1,40 @@
+"""SimCLR (Chen et al., 2020): two views, one network, NT-Xent over the batch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..losses import nt_xent
+from ..models import MLP, Encoder, backbone_from_config
+
+
+class SimCLR(nn.Module):
+    n_views = 2
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        backbone = backbone_from_config(cfg)
+        d = backbone.out_dim
+        # The seed's head: D -> D (+BN) -> 128.
+        self.encoder = Encoder(backbone, MLP(d, cfg.proj_hidden or d, 128, cfg.bn1, cfg.bn_affine, cfg.bn_groups))
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder.backbone
+
+    def embed(self, x: torch.Tensor):
+        return self.encoder(x)
+
+    def trainable_parameters(self):
+        return list(self.parameters())
+
+    def forward(self, views, y=None, idx=None):
+        z1, z2 = (self.encoder(v)[1] for v in views)
+        loss = nt_xent(z1, z2, self.cfg.temperature)
+        return loss, {"loss": loss.detach()}
+
+    def after_step(self, progress: float) -> None:
+        pass

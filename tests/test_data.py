@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+from sslnb.data import DatasetUnavailable, load_dataset, make_digits
+from sslnb.evaluate import knn_accuracy, knn_predict, pixel_features
+
+from helpers import write_fake_cifar
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return make_digits()
+
+
+def test_digits_shape_determinism_and_disjoint_sources(digits):
+    assert digits.train.x.shape == (3000, 3, 32, 32) and digits.train.x.dtype == torch.uint8
+    assert digits.test.x.shape == (1000, 3, 32, 32)
+    assert set(digits.train.y.tolist()) == set(range(10)) == set(digits.test.y.tolist())
+    train_src, test_src = set(digits.meta["train_sources"]), set(digits.meta["test_sources"])
+    assert not train_src & test_src  # no handwritten digit is in both splits
+    assert len(train_src) + len(test_src) == 1797
+    again = make_digits()
+    assert torch.equal(again.train.x, digits.train.x) and torch.equal(again.test.y, digits.test.y)
+
+
+def test_items_are_image_label_index(digits):
+    x, y, i = digits.train[7]
+    assert x.shape == (3, 32, 32) and int(y) == int(digits.train.y[7]) and i == 7
+
+
+def test_train_size_subset(digits):
+    sub = load_dataset("digits", train_size=500)
+    assert len(sub.train) == 500 and len(sub.test) == 1000
+
+
+def test_fake_cifar_files_load(tmp_path):
+    write_fake_cifar(tmp_path, "cifar10")
+    d = load_dataset("cifar10", tmp_path, download=False)
+    assert d.train.x.shape == (120, 3, 32, 32) and d.test.x.shape == (40, 3, 32, 32) and d.num_classes == 10
+    write_fake_cifar(tmp_path, "cifar100")
+    d = load_dataset("cifar100", tmp_path, download=False)
+    assert d.num_classes == 100 and len(d.train) == 120
+
+
+def test_missing_cifar_offline_gives_one_line_naming_the_folder(tmp_path):
+    with pytest.raises(DatasetUnavailable) as e:
+        load_dataset("cifar100", tmp_path / "nowhere", download=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "cifar-100-python" in msg and "nowhere" in msg and "cifar-100-python.tar.gz" in msg
+
+
+def test_knn_matches_naive_vote():
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(50, 8, generator=g), torch.randn(7, 8, generator=g)
+    labels = torch.randint(0, 3, (50,), generator=g)
+    fast = knn_predict(train, labels, test, 3, k=5, t=0.1)
+    tn, qn = train / train.norm(dim=1, keepdim=True), test / test.norm(dim=1, keepdim=True)
+    for i in range(7):
+        sims = [(float(qn[i] @ tn[j]), j) for j in range(50)]
+        top = sorted(sims, reverse=True)[:5]
+        votes = [0.0] * 3
+        for s, j in top:
+            votes[int(labels[j])] += np.exp(s / 0.1)
+        assert int(fast[i]) == int(np.argmax(votes))
+
+
+def test_pixel_knn_is_far_from_perfect(digits):
+    # The embedded dataset must not be solvable by pixel matching (the book's raw-pixel reference).
+    acc = knn_accuracy(pixel_features(digits.train, 16), digits.train.y, pixel_features(digits.test, 16),
+                       digits.test.y, 10, k=50)
+    assert 20 < acc < 80
