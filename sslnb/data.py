@@ -167,19 +167,21 @@ def make_digits(seed: int = 0, n_train: int = 3000, n_test: int = 1000, size: in
         train_src += members[:cut].tolist()
         test_src += members[cut:].tolist()
     style = {**DIGITS_STYLE, **style}
-    train, train_pick = _render(src, labels, np.array(train_src), n_train, size, rng, **style)
-    test, test_pick = _render(src, labels, np.array(test_src), n_test, size, rng, **style)
+    train, train_pick, train_params = _render(src, labels, np.array(train_src), n_train, size, rng, **style)
+    test, test_pick, test_params = _render(src, labels, np.array(test_src), n_test, size, rng, **style)
     mean = tuple(train.x.float().div(255).mean(dim=(0, 2, 3)).tolist())
     std = tuple(train.x.float().div(255).std(dim=(0, 2, 3)).tolist())
     return ImageData("digits", train, test, [str(c) for c in range(10)], mean, std,
-                     meta={"train_sources": train_pick, "test_sources": test_pick, "style": style})
+                     meta={"train_sources": train_pick, "test_sources": test_pick, "style": style,
+                           "train_params": train_params, "test_params": test_params})
 
 
 def _render(src: torch.Tensor, labels: torch.Tensor, pool: np.ndarray, n: int, size: int,
             rng: np.random.Generator, scale=(0.4, 0.85), rotation=20.0, level=(0.0, 0.35), texture=0.06,
             noise=0.02, contrast=(0.4, 0.65)) -> tuple[Split, np.ndarray]:
     """Render ``n`` scenes from the source digits in ``pool`` (cycled, then shuffled).
-    Returns the split and, for each image, the index of its source digit."""
+    Returns the split, the index of each image's source digit, and each image's rendering parameters
+    (digit scale, angle in degrees, position, background level, contrast) as arrays."""
     pick = rng.permutation(np.resize(rng.permutation(pool), n))  # indices into the 1,797 sources
     glyph = F.pad(src[pick].unsqueeze(1), (1, 1, 1, 1))  # (n, 1, 10, 10): a zero border to sample into
 
@@ -205,4 +207,6 @@ def _render(src: torch.Tensor, labels: torch.Tensor, pool: np.ndarray, n: int, s
     brightness = (level + u(*contrast).view(n, 1, 1, 1)).clamp(max=1.0)
     img = background * (1 - ink) + brightness * ink
     x = (img.clamp(0, 1) * 255).round().to(torch.uint8).expand(n, 3, size, size).contiguous()
-    return Split(x, labels[pick].clone()), pick
+    params = {"scale": scale.numpy() * 8 / 10, "angle": angle.numpy() * 180 / np.pi, "x": tx.numpy(), "y": ty.numpy(),
+              "background": level.flatten().numpy(), "contrast": (brightness - level).flatten().numpy()}
+    return Split(x, labels[pick].clone()), pick, params

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,3 +121,19 @@ def pixel_features(split: Split, image_size: int) -> torch.Tensor:
     """Raw pixels as features (the raw-pixel kNN baseline): (N, 3 * S * S), centred per image."""
     x = resize_batch(split.x.float().div(255), image_size).flatten(1)
     return x - x.mean(1, keepdim=True)
+
+
+def nuisance_knn(features: np.ndarray, params: dict, bins: int = 5, k: int = 50, t: float = 0.07) -> dict[str, float]:
+    """What else do features encode? For each rendering parameter of the embedded dataset (background
+    level, digit scale, ...), cut into ``bins`` equally populated bins, the kNN accuracy (%) of
+    predicting the bin of the second half of ``features`` (N, D) from the first half (chance:
+    100 / bins). ``params``: name -> (N,) arrays, as in ``ImageData.meta["test_params"]``."""
+    f = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    half = len(f) // 2
+    out = {}
+    for name, values in params.items():
+        values = np.asarray(values)[: len(f)]
+        edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+        y = torch.from_numpy(np.digitize(values, edges)).long()
+        out[name] = knn_accuracy(f[:half], y[:half], f[half:], y[half:], bins, k, t)
+    return out

@@ -101,8 +101,11 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.train_size)
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, data.num_classes).to(device)
-    opt = torch.optim.SGD(method.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(method.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(method.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay)
     metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
     prov = provenance(device)
     start_epoch, step, wall = 0, 0, 0.0
