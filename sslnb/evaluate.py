@@ -123,14 +123,19 @@ def pixel_features(split: Split, image_size: int) -> torch.Tensor:
     return x - x.mean(1, keepdim=True)
 
 
-def nuisance_knn(features: np.ndarray, params: dict, bins: int = 5, k: int = 50, t: float = 0.07) -> dict[str, float]:
+def nuisance_knn(features: np.ndarray, params: dict, labels: np.ndarray | None = None, bins: int = 5, k: int = 50,
+                 t: float = 0.07) -> dict[str, float]:
     """What else do features encode? For each rendering parameter of the embedded dataset (background
     level, digit scale, ...), cut into ``bins`` equally populated bins, the kNN accuracy (%) of
     predicting the bin of the second half of ``features`` (N, D) from the first half (chance:
-    100 / bins). ``params``: name -> (N,) arrays, as in ``ImageData.meta["test_params"]``."""
+    100 / bins). ``params``: name -> (N,) arrays, as in ``ImageData.meta["test_params"]``. With
+    ``labels`` (N,), the class is predicted the same way first, under the key ``class``."""
     f = torch.as_tensor(np.asarray(features, dtype=np.float32))
     half = len(f) // 2
     out = {}
+    if labels is not None:
+        y = torch.as_tensor(np.asarray(labels)).long()
+        out["class"] = knn_accuracy(f[:half], y[:half], f[half:], y[half:], int(y.max()) + 1, k, t)
     for name, values in params.items():
         values = np.asarray(values)[: len(f)]
         edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
