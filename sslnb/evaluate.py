@@ -138,6 +138,8 @@ def nuisance_knn(features: np.ndarray, params: dict, labels: np.ndarray | None =
         out["class"] = knn_accuracy(f[:half], y[:half], f[half:], y[half:], int(y.max()) + 1, k, t)
     for name, values in params.items():
         values = np.asarray(values)[: len(f)]
+        if np.ptp(values) == 0:  # constant in this dataset: nothing to predict
+            continue
         edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
         y = torch.from_numpy(np.digitize(values, edges)).long()
         out[name] = knn_accuracy(f[:half], y[:half], f[half:], y[half:], bins, k, t)

@@ -35,6 +35,10 @@ _NOT_IDENTITY = ("device", "preset", "data_root", "download")
 def run_name(cfg: Config) -> str:
     """A readable, unique directory name: ``byol-digits-111-normal-s0-1a2b3c4d``."""
     ident = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
+    if cfg.dataset == "digits":  # a new rendering of the embedded dataset is a new run
+        from .data import DIGITS_VERSION
+
+        ident["digits_version"] = DIGITS_VERSION
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     parts = [cfg.method, cfg.dataset]
     if cfg.method == "byol":

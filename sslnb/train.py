@@ -23,6 +23,7 @@ from .config import Config, ConfigError, field_names, parse_value
 from .data import DatasetUnavailable, ImageData, load_dataset
 from .evaluate import collapse_stats, extract, knn_accuracy, linear_probe
 from .methods import build_method
+from .optim import build_optimizer, learning_rate, set_learning_rate
 from .runs import _NOT_IDENTITY, provenance, run_name, save_atomic, write_json_atomic
 
 
@@ -32,13 +33,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} is not allowed here: no CUDA device is visible; use cpu or auto")
     return torch.device(name)
-
-
-def learning_rate(cfg: Config, epoch: int) -> float:
-    """The seed's per-epoch schedule: step decay at the milestones (0-based epochs), or cosine."""
-    if cfg.lr_schedule == "cos":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
-    return cfg.lr * cfg.lr_decay ** sum(epoch >= m for m in cfg.lr_milestones)
 
 
 def batches_per_epoch(n: int, cfg: Config) -> int:
@@ -101,11 +95,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.train_size)
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, data.num_classes).to(device)
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(method.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(method.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                              weight_decay=cfg.weight_decay)
+    opt = build_optimizer(cfg, method.trainable_parameters())
     metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
     prov = provenance(device)
     start_epoch, step, wall = 0, 0, 0.0
@@ -133,8 +123,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         lr = learning_rate(cfg, epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
+        set_learning_rate(opt, lr)
         order = torch.randperm(n, generator=_generator(torch.device("cpu"), cfg.seed, epoch, 0)).to(device)
         g_aug = _generator(device, cfg.seed, epoch, 1)
         logs: dict[str, list] = {}

@@ -54,3 +54,11 @@ def test_parse_value_types():
 def test_roundtrip_dict():
     c = Config.from_preset("cpu", "byol", bn_code="010")
     assert Config.from_dict(c.to_dict()) == c
+
+
+def test_step_schedule_is_the_seeds():
+    from sslnb.optim import learning_rate
+
+    c = Config.from_preset("paper", "byol")
+    assert [learning_rate(c, e) for e in (0, 159, 160, 189, 190, 199, 200)] == pytest.approx(
+        [0.12, 0.12, 0.012, 0.012, 0.0012, 0.0012, 0.00012])
