@@ -1,14 +1,7 @@
-import os
+import sys
+from pathlib import Path
 
-import pytest
 import torch
 
-os.environ.setdefault("MPLBACKEND", "agg")
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-@pytest.fixture(scope="session")
-def smoke_cfg():
-    from sslnb.config import Config
-
-    return Config.from_preset("smoke", "byol")
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
