@@ -9,6 +9,7 @@ PY     := $(VENV)/bin/python
 PRESET ?= cpu
 RUN_ROOT ?= runs
 DEVICE ?= auto
+DATA_ROOT ?= data
 STAMP  := $(VENV)/.installed
 
 .PHONY: book test runs execute site venv clean
@@ -24,10 +25,10 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 runs: $(STAMP)
-	$(PY) -m sslnb.book train --preset $(PRESET) --run-root $(RUN_ROOT) --device $(DEVICE)
+	$(PY) -m sslnb.book train --preset $(PRESET) --run-root $(RUN_ROOT) --data-root $(DATA_ROOT) --device $(DEVICE)
 
 execute: runs
-	$(PY) -m sslnb.book execute --preset $(PRESET) --run-root $(RUN_ROOT) --device $(DEVICE)
+	$(PY) -m sslnb.book execute --preset $(PRESET) --run-root $(RUN_ROOT) --data-root $(DATA_ROOT) --device $(DEVICE)
 
 site: $(STAMP)
 	$(PY) -m sslnb.book build

@@ -103,12 +103,13 @@ def build(strict: bool = True, stage_dir: Path = STAGE, out_dir: Path = ROOT, qu
     return index
 
 
-def train_all(preset: str, run_root: str, device: str, dataset: str | None = None, jobs: int = 2) -> None:
+def train_all(preset: str, run_root: str, device: str, dataset: str | None = None, jobs: int = 2,
+              data_root: str = "data") -> None:
     from .experiments import CHAPTERS, chapter_runs
     from .runs import launch
 
     for chapter in CHAPTERS:
-        runs = chapter_runs(chapter, preset, dataset, device)
+        runs = chapter_runs(chapter, preset, dataset, device, data_root)
         print(f"{chapter}: {len(runs)} runs at preset {preset} under {run_root}", flush=True)
         launch(list(runs.values()), run_root, jobs=jobs)
 
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="cpu")
     p.add_argument("--dataset", default=None, help="override the preset's dataset")
     p.add_argument("--run-root", default="runs")
+    p.add_argument("--data-root", default="data", help="where CIFAR is (or is downloaded to)")
     p.add_argument("--device", default="auto")
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once, one thread each (default: 2 on a CPU, 1 with a GPU)")
@@ -127,14 +129,15 @@ def main(argv=None) -> int:
                    help="an extra papermill parameter")
     args = p.parse_args(argv)
     run_root = str(Path(args.run_root).resolve())
+    data_root = str(Path(args.data_root).resolve())
     try:
         if args.step == "train":
             import torch
 
             jobs = args.jobs or (1 if torch.cuda.is_available() and args.device != "cpu" else 2)
-            train_all(args.preset, run_root, args.device, args.dataset, jobs)
+            train_all(args.preset, run_root, args.device, args.dataset, jobs, data_root)
         elif args.step == "execute":
-            params = {"preset": args.preset, "run_root": run_root, "devices": args.device}
+            params = {"preset": args.preset, "run_root": run_root, "data_root": data_root, "devices": args.device}
             if args.dataset:
                 params["dataset"] = args.dataset
             params.update(dict(args.parameter))

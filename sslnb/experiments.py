@@ -10,7 +10,8 @@ from __future__ import annotations
 from .config import Config
 
 
-def byol_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto") -> dict[str, Config]:
+def byol_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+                 data_root: str = "data") -> dict[str, Config]:
     """BYOL with the seed's two augmentation pipelines, plus the references the chapter compares with.
 
     - ``byol``: the seed's first BYOL row (``normal`` augmentation, all three head BNs);
@@ -19,7 +20,7 @@ def byol_chapter(preset: str = "cpu", dataset: str | None = None, device: str = 
     - ``supervised``: the same backbone trained with labels (only on the embedded dataset, where it
       tells the reader how much the images allow).
     """
-    extra = {"device": device, **({"dataset": dataset} if dataset else {})}
+    extra = {"device": device, "data_root": data_root, **({"dataset": dataset} if dataset else {})}
     base = Config.from_preset(preset, "byol", **extra)
     runs = {
         "byol": base.replace(augment="normal"),
@@ -34,7 +35,9 @@ def byol_chapter(preset: str = "cpu", dataset: str | None = None, device: str = 
 CHAPTERS = {"03_byol": byol_chapter}
 
 
-def chapter_runs(chapter: str, preset: str = "cpu", dataset: str | None = None, device: str = "auto") -> dict[str, Config]:
+def chapter_runs(chapter: str, preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+                 data_root: str = "data") -> dict[str, Config]:
+    """The named configs chapter ``chapter`` needs at ``preset`` (``dataset`` overrides the preset's)."""
     if chapter not in CHAPTERS:
         raise ValueError(f"chapter={chapter!r} is not known; choose one of: {', '.join(CHAPTERS)}")
-    return CHAPTERS[chapter](preset, dataset, device)
+    return CHAPTERS[chapter](preset, dataset, device, data_root)
