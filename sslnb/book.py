@@ -147,8 +147,9 @@ def main(argv=None) -> int:
     except Exception as e:  # one line for the user; the run directories keep what was done
         from .config import ConfigError
         from .data import DatasetUnavailable
+        from .runs import LaunchError
 
-        if isinstance(e, (BookError, ConfigError, DatasetUnavailable)):
+        if isinstance(e, (BookError, ConfigError, DatasetUnavailable, LaunchError)):
             print(f"{p.prog} {args.step}: error: {e}", file=sys.stderr)
             return 2
         raise

@@ -32,6 +32,10 @@ from .config import Config
 _NOT_IDENTITY = ("device", "preset", "data_root", "download")
 
 
+class LaunchError(RuntimeError):
+    """A run could not be trained; the message is one line with the run's own error."""
+
+
 def run_name(cfg: Config) -> str:
     """A readable, unique directory name: ``byol-digits-111-normal-s0-1a2b3c4d``."""
     ident = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
@@ -197,9 +201,12 @@ def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: 
                 print(f"[{i + 1}/{len(missing)}] training {path}", flush=True)
             train(cfg, path, progress=progress)
     runs = [load_run(path) for path in paths]
-    failed = [run.name for run in runs if not run.done]
+    failed = [run for run in runs if not run.done]
     if failed:
-        raise RuntimeError(f"{len(failed)} run(s) did not finish, first {failed[0]}: see its train.log")
+        log = failed[0].path / "train.log"
+        lines = log.read_text().strip().splitlines() if log.exists() else []
+        reason = lines[-1] if lines else "no log"
+        raise LaunchError(f"{len(failed)} run(s) did not finish; {failed[0].name}: {reason}")
     return runs
 
 

@@ -133,3 +133,19 @@ def test_cli_missing_cifar_offline(tmp_path):
             "--download", "false", "--run-dir", str(tmp_path / "x"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "cifar-100-python" in r.stderr
+
+
+def test_parallel_launch_reports_a_failed_run_in_one_line(tmp_path):
+    from sslnb.runs import LaunchError
+
+    cfgs = [Config.from_preset("smoke", "byol", dataset="cifar10", data_root=str(tmp_path / "none"), seed=s)
+            for s in (0, 1)]
+    with pytest.raises(LaunchError) as e:
+        launch(cfgs, tmp_path / "runs", progress=False, jobs=2)
+    assert "\n" not in str(e.value) and "cifar-10-batches-py" in str(e.value)
+
+
+def test_parallel_launch_trains_missing_runs(tmp_path):
+    cfgs = [Config.from_preset("smoke", "byol", epochs=1, seed=s) for s in (0, 1)]
+    runs = launch(cfgs, tmp_path, progress=False, jobs=2)
+    assert all(r.done for r in runs) and runs[0].name != runs[1].name
