@@ -19,12 +19,6 @@ SEED_RESULTS = {
 }
 
 
-def seed_result(run: Run) -> float | None:
-    c = run.config
-    return SEED_RESULTS.get((c.method, "cifar100" if c.dataset == "digits" else c.dataset, c.network,
-                             c.augment, c.bn_code if c.method == "byol" else "111"))
-
-
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     if window <= 1 or len(y) < window:
         return y
