@@ -2,7 +2,7 @@
 
 1. ``train``   trains every run the chapters need for a preset (``sslnb.experiments``), with progress;
 2. ``execute`` copies the book into ``_stage/`` and executes each chapter there with papermill
-               (parameters: preset, dataset, run_root, devices), hiding the injected-parameters cell;
+               (parameters: preset, dataset, run_root, data_root, devices), hiding the injected-parameters cell;
 3. ``build``   builds the staged, executed book with jupyter-book 1.x into ``_build/html``.
 
 Notebook outputs are never written into ``book/``: the sources stay output-free.

@@ -234,7 +234,8 @@ def _train_in_subprocesses(missing, jobs: int, progress: bool) -> None:
             if not (path / "config.json").exists():
                 write_json_atomic(path / "config.json", cfg.to_dict())
             log = open(path / "train.log", "a")
-            args = [sys.executable, "-m", "sslnb.train", "--quiet", "--run-dir", str(path), "--config", str(path / "config.json")]
+            args = [sys.executable, "-m", "sslnb.train", "--quiet", "--run-dir", str(path),
+                    "--config", str(path / "config.json")]
             running.append((subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env), path, log))
             bars[path] = tqdm(total=cfg.epochs * steps_per_epoch(cfg), desc=path.name[:40], unit="step",
                               disable=not progress, position=len(bars) % jobs + 1, leave=False)
@@ -247,6 +248,6 @@ def _train_in_subprocesses(missing, jobs: int, progress: bool) -> None:
                 running.remove((proc, path, log))
                 bar.close()
                 total.update(1)
-                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {path / 'train.log'})"
+                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {path}/train.log)"
                 total.write(f"{path.name}: {status}")
     total.close()
