@@ -105,13 +105,13 @@ def build(strict: bool = True, stage_dir: Path = STAGE, out_dir: Path = ROOT, qu
 
 def train_all(preset: str, run_root: str, device: str, dataset: str | None = None, jobs: int = 2,
               data_root: str = "data") -> None:
-    from .experiments import CHAPTERS, chapter_runs
+    """Train every run any chapter needs (each once), ``jobs`` at a time."""
+    from .experiments import all_runs
     from .runs import launch
 
-    for chapter in CHAPTERS:
-        runs = chapter_runs(chapter, preset, dataset, device, data_root)
-        print(f"{chapter}: {len(runs)} runs at preset {preset} under {run_root}", flush=True)
-        launch(list(runs.values()), run_root, jobs=jobs)
+    configs = all_runs(preset, dataset, device, data_root)
+    print(f"{len(configs)} runs at preset {preset} under {run_root}", flush=True)
+    launch(configs, run_root, jobs=jobs)
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 
-METHODS = ("byol", "simclr", "supervised")
+METHODS = ("byol", "simclr", "insdis", "supervised")
+SIMCLR_LOSSES = ("seed", "standard")
+INSDIS_LOSSES = ("softmax", "nce")
+INSDIS_HEADS = ("linear", "mlp")
 DATASETS = ("digits", "cifar10", "cifar100")
 NETWORKS = ("resnet18", "resnet50")
 AUGMENTS = ("normal", "aug+")
@@ -74,8 +77,13 @@ class Config:
     pred_hidden: int = 256
     pred_lr_mult: float = 1.0  # predictor lr = lr * this (1 in the seed; >1 as in Tian et al., 2021)
 
-    # SimCLR
-    temperature: float = 0.5
+    # SimCLR and InsDis
+    temperature: float = 0.5  # softmax temperature of NT-Xent and of the instance-discrimination softmax
+    simclr_loss: str = "seed"  # seed: B-1 summed cross-view negatives (seed-protocol 3b) | standard NT-Xent
+    insdis_loss: str = "softmax"  # softmax over the whole memory bank (seed) | nce (Wu et al., 2018)
+    insdis_head: str = "linear"  # linear D -> 128 (seed default) | mlp: D -> D -> BN -> 128
+    nce_k: int = 4096  # noise samples per image for insdis_loss = nce (the paper's K)
+    bank_momentum: float = 0.5  # memory bank: v <- normalise(m v + (1 - m) f)
 
     # evaluation (seed-protocol section 6)
     knn_k: int = 200
@@ -150,6 +158,9 @@ _PRESET_VALUES: dict[str, dict[str, dict]] = {
         "byol": {},  # the dataclass defaults are the seed's BYOL command
         # Supervised reference on CIFAR: same backbone and schedule, cross-entropy.
         "simclr": dict(batch_size=1024, lr=0.3, temperature=0.5),  # the seed's SimCLR command
+        # The seed's InsDis command (run.py): batch 128 on 4 GPUs, lr 0.03, the README's t = 0.30, and
+        # the `normal` pipeline (InsDis never had flips).
+        "insdis": dict(batch_size=128, lr=0.03, temperature=0.3, augment="normal"),
         "supervised": dict(augment="aug+", batch_size=128, lr=0.1, probe="none"),
     },
     # The book's default on a 2-core laptop: the embedded digits, a narrow ResNet-18 (width 8) on 16x16
@@ -161,7 +172,9 @@ _PRESET_VALUES: dict[str, dict[str, dict]] = {
             lr_milestones=(16, 19), bn_groups=2, augment="normal", download=False, knn_k=50,
         ),
         "byol": dict(ema=0.99),
-        "simclr": dict(temperature=0.2),
+        # SimCLR keeps the seed's temperature 0.5 and InsDis the seed's learning rate; NCE's K keeps the
+        # paper's share of the data (4096 of 50,000).
+        "insdis": dict(lr=0.03, nce_k=256),
         "supervised": dict(epochs=15, lr_milestones=(12,), probe="none"),
     },
     # Seconds: for tests. Tiny data, a tiny network, two epochs.
@@ -172,7 +185,7 @@ _PRESET_VALUES: dict[str, dict[str, dict]] = {
             knn_k=20, probe_epochs=5, probe_milestones=(3,), proj_dim=32, pred_hidden=32,
         ),
         "byol": dict(ema=0.9),
-        "simclr": dict(temperature=0.2),
+        "insdis": dict(nce_k=32),
         "supervised": dict(probe="none"),
     },
 }
@@ -193,12 +206,14 @@ def validate(c: Config) -> None:
     """Raise :class:`ConfigError` (one line, naming the field) on the first bad setting."""
     for name, allowed in [("method", METHODS), ("dataset", DATASETS), ("network", NETWORKS),
                           ("augment", AUGMENTS), ("lr_schedule", LR_SCHEDULES), ("optimizer", ("sgd", "adam")), ("ema_schedule", ("fixed", "cos")),
-                          ("target_init", TARGET_INITS), ("view_bn", VIEW_BN), ("probe", PROBES)]:
+                          ("target_init", TARGET_INITS), ("view_bn", VIEW_BN), ("probe", PROBES),
+                          ("simclr_loss", SIMCLR_LOSSES), ("insdis_loss", INSDIS_LOSSES),
+                          ("insdis_head", INSDIS_HEADS)]:
         _check_choice(name, getattr(c, name), allowed)
     _check_choice("preset", c.preset, PRESETS + ("",))
     code_ok = isinstance(c.bn_code, str) and len(c.bn_code) == 3 and set(c.bn_code) <= {"0", "1"}
     _check("bn_code", code_ok, "three bits BN1 BN2 BN3 such as '111', '101' or '000'", c.bn_code)
-    for name in ("width", "epochs", "batch_size", "image_size", "bn_groups", "proj_dim", "knn_k"):
+    for name in ("width", "epochs", "batch_size", "image_size", "bn_groups", "proj_dim", "knn_k", "nce_k"):
         v = getattr(c, name)
         lo = 0 if name == "epochs" else 1
         _check(name, isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"an integer >= {lo}", v)
@@ -213,6 +228,8 @@ def validate(c: Config) -> None:
         v = getattr(c, name)
         _check(name, isinstance(v, (int, float)) and v >= 0, "a number >= 0", v)
     _check("ema", isinstance(c.ema, (int, float)) and 0 <= c.ema <= 1, "a number in [0, 1]", c.ema)
+    _check("bank_momentum", isinstance(c.bank_momentum, (int, float)) and 0 <= c.bank_momentum < 1,
+           "a number in [0, 1)", c.bank_momentum)
     for name in ("lr_milestones", "probe_milestones"):
         v = getattr(c, name)
         ok = isinstance(v, tuple) and all(isinstance(e, int) and e >= 0 for e in v) and list(v) == sorted(v)

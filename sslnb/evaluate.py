@@ -144,3 +144,14 @@ def nuisance_knn(features: np.ndarray, params: dict, labels: np.ndarray | None =
         y = torch.from_numpy(np.digitize(values, edges)).long()
         out[name] = knn_accuracy(f[:half], y[:half], f[half:], y[half:], bins, k, t)
     return out
+
+
+def raw_pixel_knn(cfg) -> float:
+    """kNN accuracy (%) of the raw test pixels against the raw train pixels, at ``cfg``'s image size and
+    kNN settings: the floor a learned representation has to clear."""
+    from .data import load_dataset
+
+    data = load_dataset(cfg.dataset, cfg.data_root, download=False, train_size=cfg.train_size)
+    return knn_accuracy(pixel_features(data.train, cfg.image_size), data.train.y,
+                        pixel_features(data.test, cfg.image_size), data.test.y,
+                        data.num_classes, cfg.knn_k, cfg.knn_t)

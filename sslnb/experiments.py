@@ -1,38 +1,94 @@
 """What runs each chapter needs, as named configs for a preset.
 
 A chapter asks for its runs with ``chapter_runs("03_byol", preset)`` and hands them to
-``sslnb.runs.launch``; ``make book`` trains the same list for every chapter before executing them, so
-the chapters themselves only load finished runs.
+``sslnb.runs.launch``; ``make book`` trains the union of every chapter's list before executing them
+(runs shared by chapters, such as the random-init reference, train once), so the chapters themselves
+only load finished runs.
 """
 
 from __future__ import annotations
 
 from .config import Config
 
+# InsDis temperature sweeps. The seed's: 0.05 ... 0.80, plus 0.90 and 1.00 in early README versions.
+INSDIS_TEMPERATURES = {
+    "paper": (0.05, 0.07, 0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80, 0.90, 1.00),
+    "cpu": (0.05, 0.07, 0.10, 0.20, 0.30, 0.50),
+    "smoke": (0.10, 0.50),
+}
 
-def byol_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
-                 data_root: str = "data") -> dict[str, Config]:
-    """BYOL with the seed's two augmentation pipelines, plus the references the chapter compares with.
 
-    - ``byol``: the seed's first BYOL row (``normal`` augmentation, all three head BNs);
-    - ``byol aug+``: the seed's ``aug+`` row;
-    - ``random init``: the same network untrained (0 epochs), kNN and linear probe;
-    - ``supervised``: the same backbone trained with labels (only on the embedded dataset, where it
-      tells the reader how much the images allow).
-    """
-    extra = {"device": device, "data_root": data_root, **({"dataset": dataset} if dataset else {})}
+def _extra(device: str, data_root: str, dataset: str | None) -> dict:
+    return {"device": device, "data_root": data_root, **({"dataset": dataset} if dataset else {})}
+
+
+def references(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+               data_root: str = "data") -> dict[str, Config]:
+    """What every SSL number is compared with: the untrained network and, on the embedded dataset,
+    supervised training of the same backbone (how much the images allow)."""
+    extra = _extra(device, data_root, dataset)
     base = Config.from_preset(preset, "byol", **extra)
-    runs = {
-        "byol": base.replace(augment="normal"),
-        "byol aug+": base.replace(augment="aug+"),
-        "random init": base.replace(augment="normal", epochs=0),
-    }
+    # epochs = 0: the backbone is built from the same seed as every method's, so it is *the* random init.
+    runs = {"random init": base.replace(augment="normal", epochs=0)}
     if base.dataset == "digits":
         runs["supervised"] = Config.from_preset(preset, "supervised", **extra)
     return runs
 
 
-CHAPTERS = {"03_byol": byol_chapter}
+def byol_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+                 data_root: str = "data") -> dict[str, Config]:
+    """BYOL with the seed's two augmentation pipelines (``normal``: its first row; ``aug+``), plus the
+    references."""
+    base = Config.from_preset(preset, "byol", **_extra(device, data_root, dataset))
+    return {"byol": base.replace(augment="normal"), "byol aug+": base.replace(augment="aug+"),
+            **references(preset, dataset, device, data_root)}
+
+
+def insdis_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+                   data_root: str = "data") -> dict[str, Config]:
+    """The temperature sweep (``t=0.2`` ...), the MLP-head variant at the seed's best CIFAR-100 t = 0.3
+    (``mlp head``), the original paper's NCE at its t = 0.07 (``nce``), and the references."""
+    base = Config.from_preset(preset, "insdis", **_extra(device, data_root, dataset))
+    runs = {f"t={t:g}": base.replace(temperature=t) for t in INSDIS_TEMPERATURES[preset]}
+    mlp = base.replace(temperature=0.3, insdis_head="mlp")
+    if preset == "paper":  # the seed's MLP-head run used batch 512 and lr 0.12 (bn_groups keeps 128 per GPU)
+        mlp = mlp.replace(batch_size=512, lr=0.12)
+    runs["mlp head"] = mlp
+    runs["nce"] = base.replace(temperature=0.07, insdis_loss="nce")
+    return {**runs, **references(preset, dataset, device, data_root)}
+
+
+def simclr_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+                   data_root: str = "data") -> dict[str, Config]:
+    """SimCLR with the seed's loss (``seed``) and the paper's NT-Xent (``standard``), same everything
+    else, plus the references."""
+    base = Config.from_preset(preset, "simclr", **_extra(device, data_root, dataset))
+    return {"seed": base.replace(simclr_loss="seed"), "standard": base.replace(simclr_loss="standard"),
+            **references(preset, dataset, device, data_root)}
+
+
+def results_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+                    data_root: str = "data") -> dict[str, Config]:
+    """The main comparison: the runs of the three method chapters, plus ResNet-50 rows at the paper
+    preset (the seed's R50 BYOL setting is inferred: batch 256, lr 0.06; its R50 InsDis setting is not
+    stated, so the R18 one is used)."""
+    runs = {f"insdis {k}": c for k, c in insdis_chapter(preset, dataset, device, data_root).items()
+            if k.startswith("t=")}
+    runs.update({"byol": (b := byol_chapter(preset, dataset, device, data_root))["byol"],
+                 "byol aug+": b["byol aug+"],
+                 "simclr": simclr_chapter(preset, dataset, device, data_root)["seed"],
+                 **references(preset, dataset, device, data_root)})
+    if preset == "paper":
+        r50 = dict(network="resnet50", batch_size=256, lr=0.06)
+        runs["byol r50"] = runs["byol"].replace(**r50)
+        runs["byol aug+ r50"] = runs["byol aug+"].replace(**r50)
+        best_t = 0.3 if runs["byol"].dataset == "cifar100" else 0.2  # the seed's best per dataset
+        runs["insdis r50"] = runs[f"insdis t={best_t:g}"].replace(network="resnet50")
+    return runs
+
+
+CHAPTERS = {"00_results": results_chapter, "01_insdis": insdis_chapter, "02_simclr": simclr_chapter,
+            "03_byol": byol_chapter}
 
 
 def chapter_runs(chapter: str, preset: str = "cpu", dataset: str | None = None, device: str = "auto",
@@ -41,3 +97,22 @@ def chapter_runs(chapter: str, preset: str = "cpu", dataset: str | None = None, 
     if chapter not in CHAPTERS:
         raise ValueError(f"chapter={chapter!r} is not known; choose one of: {', '.join(CHAPTERS)}")
     return CHAPTERS[chapter](preset, dataset, device, data_root)
+
+
+def all_runs(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+             data_root: str = "data") -> list[Config]:
+    """Every config the book needs at ``preset``, each once, longest first (so parallel training ends
+    together)."""
+    from .runs import run_name
+
+    unique = {}
+    for chapter in CHAPTERS:
+        for cfg in chapter_runs(chapter, preset, dataset, device, data_root).values():
+            unique.setdefault(run_name(cfg), cfg)
+    return sorted(unique.values(), key=lambda c: -_cost(c))
+
+
+def _cost(cfg: Config) -> float:
+    """Rough relative training cost: forwards per image times epochs."""
+    forwards = {"byol": 4, "simclr": 2, "insdis": 1, "supervised": 1}[cfg.method]
+    return forwards * cfg.epochs * (4 if cfg.network == "resnet50" else 1)

@@ -41,3 +41,61 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(sim, positives)
+
+
+def nt_xent_seed(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """The seed's SimCLR loss (seed-protocol 3b), which is *not* the standard NT-Xent.
+
+    ``z1``, ``z2`` (B, D) are l2-normalised and ``S = z1 z2^T`` holds the B x B cross-view cosines. The
+    logits are ``L = S + S^T - diag(S)``: the diagonal is the positive ``cos(z1_i, z2_i)``, and each
+    off-diagonal logit is a *sum* of two cross-view cosines, ``cos(z1_i, z2_j) + cos(z1_j, z2_i)``, in
+    [-2, 2]. Returns the cross-entropy of ``L / temperature`` against the diagonal, averaged over the B
+    rows: B - 1 negatives per anchor and no same-view negatives (the standard form has 2B - 2).
+    """
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    s = z1 @ z2.T  # (B, B)
+    logits = (s + s.T - torch.diag_embed(s.diagonal())) / temperature
+    return F.cross_entropy(logits, torch.arange(len(z1), device=z1.device))
+
+
+def insdis_softmax(f: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Instance discrimination with a full softmax over the memory bank (the seed's ``PointLoss``, 3a).
+
+    ``f`` (B, D): features of one view, l2-normalised here; ``bank`` (N, D): one (lagged) vector per
+    training image; ``idx`` (B,): each image's own bank row, the positive. Every bank entry, the
+    positive included, is in the denominator:
+    ``-log(exp(v_i.f / t) / sum_j exp(v_j.f / t) + 1e-7)``, averaged over the batch (the 1e-7 is the
+    seed's). Returns a scalar.
+    """
+    f = F.normalize(f, dim=1)
+    prob = torch.softmax(f @ bank.T / temperature, dim=1)  # (B, N)
+    return -(prob.gather(1, idx[:, None]).squeeze(1) + 1e-7).log().mean()
+
+
+def nce_normaliser(f: torch.Tensor, bank: torch.Tensor, neg_idx: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Wu et al. (2018)'s Monte-Carlo estimate of the partition function ``Z = N * E[exp(v.f / t)]``.
+
+    ``neg_idx`` (B, K) are uniformly sampled bank rows. The paper estimates Z once, on the first batch,
+    and keeps it fixed; the caller does that.
+    """
+    f = F.normalize(f, dim=1).detach()
+    return (torch.einsum("bd,bkd->bk", f, bank[neg_idx]) / temperature).exp().mean() * len(bank)
+
+
+def insdis_nce(f: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, neg_idx: torch.Tensor,
+               temperature: float, z: float | torch.Tensor) -> torch.Tensor:
+    """Instance discrimination with noise-contrastive estimation (Wu et al., 2018, eqs. 3-6).
+
+    ``P(i | f) = exp(v_i.f / t) / Z`` with a fixed normaliser ``z``; noise is uniform, ``P_n = 1 / N``,
+    with ``K = neg_idx.shape[1]`` noise samples per image. The loss is
+    ``-log h(i, f) - sum_k log(1 - h(j_k, f))`` with ``h(i, f) = P(i|f) / (P(i|f) + K P_n)``, averaged
+    over the batch. ``f`` (B, D), ``bank`` (N, D), ``idx`` (B,), ``neg_idx`` (B, K). Returns a scalar.
+    """
+    f = F.normalize(f, dim=1)
+    n, k = len(bank), neg_idx.shape[1]
+    rows = torch.cat([idx[:, None], neg_idx], dim=1)  # (B, 1 + K): positive first
+    p = (torch.einsum("bd,bkd->bk", f, bank[rows]) / temperature).exp() / z
+    noise = k / n  # K * P_n
+    log_h_pos = (p[:, 0] / (p[:, 0] + noise + 1e-7)).log()
+    log_1m_h_neg = (noise / (p[:, 1:] + noise + 1e-7)).log().sum(1)
+    return -(log_h_pos + log_1m_h_neg).mean()

@@ -8,16 +8,6 @@ import numpy as np
 
 from .runs import Run
 
-# The seed's reported linear-probe accuracies (%), CIFAR-100, ResNet-18, by setting
-# (seed-protocol section 10). Always shown labelled as the seed's, never as ours.
-SEED_RESULTS = {
-    ("byol", "cifar100", "resnet18", "normal", "111"): 59.96,
-    ("byol", "cifar100", "resnet18", "aug+", "111"): 62.74,
-    ("byol", "cifar100", "resnet50", "normal", "111"): 64.64,
-    ("byol", "cifar100", "resnet50", "aug+", "111"): 65.51,
-    ("byol", "cifar10", "resnet18", "aug+", "111"): 89.06,
-}
-
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     if window <= 1 or len(y) < window:
@@ -117,3 +107,12 @@ def results_table(rows: list[dict]):
     import pandas as pd
 
     return pd.DataFrame(rows).fillna("–")
+
+
+def provenance_markdown(runs: dict, what: str = "these numbers") -> str:
+    """A Markdown note naming the preset, dataset, run directories, device, commit and wall time of
+    ``runs`` ({label: Run}), for the top of a chapter or under a table."""
+    first = next(iter(runs.values())).config
+    lines = [f"- `{r.name}` ({label}): {r.caption()}" for label, r in runs.items()]
+    return (f"**Where {what} come from.** Preset `{first.preset or 'custom'}`, dataset `{first.dataset}`, "
+            "trained by `sslnb.train`:\n\n" + "\n".join(lines))

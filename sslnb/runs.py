@@ -38,7 +38,11 @@ class LaunchError(RuntimeError):
 
 def run_name(cfg: Config) -> str:
     """A readable, unique directory name: ``byol-digits-111-normal-s0-1a2b3c4d``."""
-    ident = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
+    # Only settings that differ from the defaults enter the digest, so that adding a new setting (with a
+    # default that keeps the old behaviour) does not rename every existing run.
+    default = Config()
+    ident = {k: v for k, v in cfg.to_dict().items()
+             if k not in _NOT_IDENTITY and v != getattr(default, k)}
     if cfg.dataset == "digits":  # a new rendering of the embedded dataset is a new run
         from .data import DIGITS_VERSION
 
@@ -47,6 +51,10 @@ def run_name(cfg: Config) -> str:
     parts = [cfg.method, cfg.dataset]
     if cfg.method == "byol":
         parts.append(cfg.bn_code)
+    elif cfg.method == "simclr":
+        parts += [cfg.simclr_loss, f"t{cfg.temperature:g}"]
+    elif cfg.method == "insdis":
+        parts += [cfg.insdis_loss + ("-mlp" if cfg.insdis_head == "mlp" else ""), f"t{cfg.temperature:g}"]
     parts += [cfg.augment.replace("+", "plus"), f"e{cfg.epochs}", f"s{cfg.seed}", digest]
     return "-".join(parts)
 

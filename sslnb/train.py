@@ -65,7 +65,10 @@ def evaluate_epoch(method, data: ImageData, cfg: Config, device) -> dict:
     test_h, test_z = extract(method.embed, data.test, data, cfg.image_size, device)
     method.train(was_training)
     knn = lambda a, b: knn_accuracy(a, data.train.y, b, data.test.y, data.num_classes, cfg.knn_k, cfg.knn_t)  # noqa: E731
-    return {"knn": knn(train_h, test_h), "knn_z": knn(train_z, test_z), **collapse_stats(test_z)}
+    record = {"knn": knn(train_h, test_h), "knn_z": knn(train_z, test_z), **collapse_stats(test_z)}
+    if hasattr(method, "bank"):  # InsDis: the seed's monitor, test features against the memory bank
+        record["knn_bank"] = knn(method.bank.vectors.float().cpu(), test_z)
+    return record
 
 
 def _check_same_config(run_dir: Path, cfg: Config) -> None:
@@ -94,7 +97,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.train_size)
     torch.manual_seed(cfg.seed)
-    method = build_method(cfg, data.num_classes).to(device)
+    method = build_method(cfg, data.num_classes, len(data.train)).to(device)
     opt = build_optimizer(cfg, method.trainable_parameters())
     metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
     prov = provenance(device)

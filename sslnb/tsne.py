@@ -40,7 +40,20 @@ def _affinities(d: torch.Tensor, perplexity: float, iters: int = 64) -> torch.Te
 
 def tsne(x: np.ndarray, perplexity: float = 25.0, n_iter: int = 1000, seed: int = 0,
          metric: str = "cosine") -> np.ndarray:
-    """x (N, D) -> (N, 2) embedding. ``metric``: ``cosine`` or ``euclidean`` (squared distances)."""
+    """x (N, D) -> (N, 2) embedding. ``metric``: ``cosine`` or ``euclidean`` (squared distances).
+
+    Runs on one thread: the thousand small steps each synchronise threads, and on a busy 2-core machine
+    (runs training beside the notebook) two threads made it a hundred times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _tsne(x, perplexity, n_iter, seed, metric)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _tsne(x, perplexity, n_iter, seed, metric):
     torch.manual_seed(seed)
     xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
     n = xt.shape[0]

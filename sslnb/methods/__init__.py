@@ -15,13 +15,17 @@ from __future__ import annotations
 from ..config import Config
 
 
-def build_method(cfg: Config, num_classes: int):
+def build_method(cfg: Config, num_classes: int, num_train: int):
+    """The method module for ``cfg``; ``num_train`` sizes InsDis's memory bank."""
     if cfg.method == "byol":
         from .byol import BYOL
         return BYOL(cfg)
     if cfg.method == "simclr":
         from .simclr import SimCLR
         return SimCLR(cfg)
+    if cfg.method == "insdis":
+        from .insdis import InsDis
+        return InsDis(cfg, num_train)
     if cfg.method == "supervised":
         from .supervised import Supervised
         return Supervised(cfg, num_classes)

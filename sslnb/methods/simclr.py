@@ -1,4 +1,8 @@
-"""SimCLR (Chen et al., 2020): two views, one network, NT-Xent over the batch."""
+"""SimCLR (Chen et al., 2020): two views, one network, NT-Xent over the batch.
+
+``simclr_loss`` picks the seed's variant (``nt_xent_seed``: B - 1 cross-view negatives, each logit a
+sum of two cosines) or the paper's (``nt_xent``: 2B - 2 negatives, same-view ones included).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..losses import nt_xent
+from ..losses import nt_xent, nt_xent_seed
 from ..models import MLP, Encoder, backbone_from_config
 
 
@@ -33,7 +37,8 @@ class SimCLR(nn.Module):
 
     def forward(self, views, y=None, idx=None):
         z1, z2 = (self.encoder(v)[1] for v in views)
-        loss = nt_xent(z1, z2, self.cfg.temperature)
+        loss_fn = nt_xent_seed if self.cfg.simclr_loss == "seed" else nt_xent
+        loss = loss_fn(z1, z2, self.cfg.temperature)
         return loss, {"loss": loss.detach()}
 
     def after_step(self, progress: float) -> None:
