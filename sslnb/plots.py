@@ -110,9 +110,14 @@ def results_table(rows: list[dict]):
 
 
 def provenance_markdown(runs: dict, what: str = "these numbers") -> str:
-    """A Markdown note naming the preset, dataset, run directories, device, commit and wall time of
-    ``runs`` ({label: Run}), for the top of a chapter or under a table."""
+    """A Markdown note and table naming, for each run of ``runs`` ({label: Run}), its directory, epochs,
+    device, git commit and wall time, under one line with the preset and dataset."""
     first = next(iter(runs.values())).config
-    lines = [f"- `{r.name}` ({label}): {r.caption()}" for label, r in runs.items()]
+    lines = ["| run | directory | epochs | device | commit | wall (min) |", "|---|---|---|---|---|---|"]
+    for label, r in runs.items():
+        p, wall = r.provenance, r.result.get("wall_s")
+        wall = "–" if wall is None else f"{wall / 60:.1f}"
+        lines.append(f"| {label} | `{r.name}` | {r.config.epochs} | {p.get('device_name', '?')} | "
+                     f"`{p.get('git_commit', '?')}` | {wall} |")
     return (f"**Where {what} come from.** Preset `{first.preset or 'custom'}`, dataset `{first.dataset}`, "
-            "trained by `sslnb.train`:\n\n" + "\n".join(lines))
+            f"{first.network} width {first.width}, trained by `sslnb.train`:\n\n" + "\n".join(lines))

@@ -13,6 +13,14 @@ def test_presets_build_and_paper_is_the_seed_protocol():
         assert Config.from_preset(preset, "byol").dataset == "digits"
 
 
+def test_paper_presets_of_insdis_and_simclr_are_the_seeds_commands():
+    i = Config.from_preset("paper", "insdis")
+    assert (i.dataset, i.batch_size, i.lr, i.epochs, i.temperature, i.augment) == ("cifar100", 128, 0.03, 201, 0.3, "normal")
+    assert (i.insdis_loss, i.insdis_head, i.bank_momentum, i.knn_k, i.knn_t) == ("softmax", "linear", 0.5, 200, 0.07)
+    s = Config.from_preset("paper", "simclr")
+    assert (s.batch_size, s.lr, s.temperature, s.augment, s.simclr_loss, s.bn_code[0]) == (1024, 0.3, 0.5, "aug+", "seed", "1")
+
+
 @pytest.mark.parametrize("field,value,words", [
     ("method", "moco", ["method", "byol"]),
     ("dataset", "imagenet", ["dataset", "cifar100", "digits"]),
@@ -25,6 +33,13 @@ def test_presets_build_and_paper_is_the_seed_protocol():
     ("epochs", -1, ["epochs"]),
     ("ema", 1.5, ["ema"]),
     ("lr_milestones", (5, 2), ["lr_milestones"]),
+    ("temperature", 0, ["temperature", "> 0"]),
+    ("temperature", -0.5, ["temperature", "> 0"]),
+    ("simclr_loss", "infonce", ["simclr_loss", "seed", "standard"]),
+    ("insdis_loss", "nce4096", ["insdis_loss", "softmax", "nce"]),
+    ("insdis_head", "deep", ["insdis_head", "linear", "mlp"]),
+    ("bank_momentum", 1.0, ["bank_momentum"]),
+    ("nce_k", 0, ["nce_k"]),
 ])
 def test_bad_values_fail_with_one_line_naming_the_field(field, value, words):
     with pytest.raises(ConfigError) as e:
