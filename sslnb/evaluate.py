@@ -155,3 +155,36 @@ def raw_pixel_knn(cfg) -> float:
     return knn_accuracy(pixel_features(data.train, cfg.image_size), data.train.y,
                         pixel_features(data.test, cfg.image_size), data.test.y,
                         data.num_classes, cfg.knn_k, cfg.knn_t)
+
+
+@torch.no_grad()
+def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0) -> float:
+    """Wang & Isola (2020) alignment: ``E ||f(x) - f(y)||^alpha`` over positive pairs, with f the
+    l2-normalised projection. ``z1``, ``z2`` (N, d): two views of the same N images. 0 when the two views
+    map to the same point (which a collapsed network also achieves); at most 2^alpha."""
+    d = F.normalize(z1.float(), dim=1) - F.normalize(z2.float(), dim=1)
+    return d.norm(dim=1).pow(alpha).mean().item()
+
+
+@torch.no_grad()
+def uniformity(z: torch.Tensor, t: float = 2.0, max_points: int = 2000) -> float:
+    """Wang & Isola (2020) uniformity: ``log E exp(-t ||f(x) - f(y)||^2)`` over pairs of distinct images,
+    f the l2-normalised projection. 0 for a collapsed representation (every pair at distance 0); more
+    negative when the points spread over the sphere (about -2t for orthogonal points). ``z`` (N, d)."""
+    f = F.normalize(z[:max_points].float(), dim=1)
+    sq = torch.pdist(f).pow(2)
+    return (torch.logsumexp(-t * sq, dim=0) - math.log(len(sq))).item()
+
+
+def mean_and_interval(values, confidence: float = 0.95) -> dict[str, float]:
+    """Mean, sample standard deviation and a Student-t confidence interval of the mean of ``values``
+    (repeated runs of one setting). With one value the spread is unknown (nan)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    n, mean = len(v), float(v.mean())
+    if n < 2:
+        return {"n": n, "mean": mean, "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    std = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}

@@ -18,6 +18,15 @@ INSDIS_TEMPERATURES = {
 }
 
 
+# The BatchNorm, batch-size and variance studies train many BYOL runs. At the cpu preset each gets a
+# shorter budget than the BYOL chapter's runs (8 epochs instead of 20) so that the whole book stays
+# within half an hour on two cores; the paper preset keeps the seed's 201 epochs.
+STUDY = {"paper": {}, "cpu": dict(epochs=8, lr_milestones=(6, 7)), "smoke": {}}
+BN_CODES = ("111", "101", "011", "110", "010", "100", "001", "000")  # the seed's table order
+BATCH_SIZES = {"paper": (128, 512, 1024), "cpu": (32, 64, 128), "smoke": (32, 64)}
+SEEDS = {"paper": tuple(range(7)), "cpu": (0, 1, 2), "smoke": (0, 1)}  # the seed repeated its run 7 times
+
+
 def _extra(device: str, data_root: str, dataset: str | None) -> dict:
     return {"device": device, "data_root": data_root, **({"dataset": dataset} if dataset else {})}
 
@@ -87,8 +96,53 @@ def results_chapter(preset: str = "cpu", dataset: str | None = None, device: str
     return runs
 
 
+def _study_base(preset: str, dataset: str | None, device: str, data_root: str) -> Config:
+    """The baseline of the BatchNorm, batch-size and variance studies: the seed's BN-table setting
+    (BYOL, code 111, ``aug+``) at the preset's study budget."""
+    base = Config.from_preset(preset, "byol", **_extra(device, data_root, dataset))
+    return base.replace(augment="aug+", **STUDY[preset])
+
+
+def variance_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+                     data_root: str = "data") -> dict[str, Config]:
+    """The study baseline repeated with different seeds (``seed=0`` ...): the run-to-run noise."""
+    base = _study_base(preset, dataset, device, data_root)
+    return {f"seed={s}": base.replace(seed=s) for s in SEEDS[preset]}
+
+
+def bn_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+               data_root: str = "data") -> dict[str, Config]:
+    """All eight BN codes (named by their code), code 011 with ``bn_affine = False`` (``011 affine
+    off``), code 111 with BatchNorm over the whole batch (``111 full-batch BN``), the repeats of the
+    baseline (``seed=N``) and the untrained network."""
+    base = _study_base(preset, dataset, device, data_root)
+    runs = {code: base.replace(bn_code=code) for code in BN_CODES}
+    runs["011 affine off"] = base.replace(bn_code="011", bn_affine=False)
+    runs["111 full-batch BN"] = base.replace(bn_groups=1)
+    runs.update(variance_chapter(preset, dataset, device, data_root))
+    runs["random init"] = references(preset, dataset, device, data_root)["random init"]
+    return runs
+
+
+def batch_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+                  data_root: str = "data") -> dict[str, Config]:
+    """The study baseline at the preset's batch sizes, the learning rate scaled linearly from the
+    preset's (0.12 at 512 for the paper preset; the seed does not state its rates): ``B=N`` keeps the
+    preset's BN groups (the seed's per-GPU statistics, batch/4 on four GPUs), ``B=N full-batch BN`` uses
+    one group. Plus the repeats of the baseline (``seed=N``)."""
+    base = _study_base(preset, dataset, device, data_root)
+    runs = {}
+    for b in BATCH_SIZES[preset]:
+        scaled = base.replace(batch_size=b, lr=base.lr * b / base.batch_size)
+        runs[f"B={b}"] = scaled
+        runs[f"B={b} full-batch BN"] = scaled.replace(bn_groups=1)
+    runs.update(variance_chapter(preset, dataset, device, data_root))
+    return runs
+
+
 CHAPTERS = {"00_results": results_chapter, "01_insdis": insdis_chapter, "02_simclr": simclr_chapter,
-            "03_byol": byol_chapter}
+            "03_byol": byol_chapter, "04_bn_collapse": bn_chapter, "05_batch_size": batch_chapter,
+            "06_variance": variance_chapter}
 
 
 def chapter_runs(chapter: str, preset: str = "cpu", dataset: str | None = None, device: str = "auto",
@@ -115,4 +169,4 @@ def all_runs(preset: str = "cpu", dataset: str | None = None, device: str = "aut
 def _cost(cfg: Config) -> float:
     """Rough relative training cost: forwards per image times epochs."""
     forwards = {"byol": 4, "simclr": 2, "insdis": 1, "supervised": 1}[cfg.method]
-    return forwards * cfg.epochs * (4 if cfg.network == "resnet50" else 1)
+    return forwards * cfg.epochs * (4 if cfg.network == "resnet50" else 1) * (1.3 if cfg.batch_size < 64 else 1)

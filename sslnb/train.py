@@ -21,7 +21,7 @@ import torch
 from .augment import BatchAugment
 from .config import Config, ConfigError, field_names, parse_value
 from .data import DatasetUnavailable, ImageData, load_dataset
-from .evaluate import collapse_stats, extract, knn_accuracy, linear_probe
+from .evaluate import alignment, collapse_stats, extract, knn_accuracy, linear_probe, uniformity
 from .methods import build_method
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .runs import _NOT_IDENTITY, provenance, run_name, save_atomic, write_json_atomic
@@ -57,15 +57,29 @@ def _generator(device: torch.device, *seeds: int) -> torch.Generator:
     return g
 
 
+@torch.no_grad()
+def _augmented_pair(method, data: ImageData, cfg: Config, device, n: int = 1000):
+    """Projections z of two augmented views of the first ``n`` test images (fixed randomness), eval mode."""
+    augment = BatchAugment(cfg.augment, cfg.image_size)
+    g = _generator(device, cfg.seed, 7)
+    x = data.test.x[:n].to(device).float().div_(255)
+    return [torch.cat([method.embed(data.normalize(augment(chunk, g)))[1].float().cpu()
+                       for chunk in x.split(500)]) for _ in range(2)]
+
+
 def evaluate_epoch(method, data: ImageData, cfg: Config, device) -> dict:
-    """kNN accuracy of the last-conv feature h (and of the projection z) and collapse diagnostics."""
+    """kNN accuracy of the last-conv feature h (and of the projection z) and collapse diagnostics:
+    per-dimension std and effective rank of z, and Wang & Isola's alignment (two augmented views of
+    test images) and uniformity (test images)."""
     was_training = method.training
     method.eval()
     train_h, train_z = extract(method.embed, data.train, data, cfg.image_size, device)
     test_h, test_z = extract(method.embed, data.test, data, cfg.image_size, device)
+    z1, z2 = _augmented_pair(method, data, cfg, device)
     method.train(was_training)
     knn = lambda a, b: knn_accuracy(a, data.train.y, b, data.test.y, data.num_classes, cfg.knn_k, cfg.knn_t)  # noqa: E731
-    record = {"knn": knn(train_h, test_h), "knn_z": knn(train_z, test_z), **collapse_stats(test_z)}
+    record = {"knn": knn(train_h, test_h), "knn_z": knn(train_z, test_z), **collapse_stats(test_z),
+              "alignment": alignment(z1, z2), "uniformity": uniformity(test_z)}
     if hasattr(method, "bank"):  # InsDis: the seed's monitor, test features against the memory bank
         record["knn_bank"] = knn(method.bank.vectors.float().cpu(), test_z)
     return record
@@ -186,7 +200,8 @@ def finish(method, data: ImageData, cfg: Config, device, run_dir: Path, wall: fl
     epochs = [r for r in epochs if r["kind"] == "epoch"]
     result = {"status": "done", "epochs": cfg.epochs, "knn": epochs[-1]["knn"], "knn_z": epochs[-1]["knn_z"],
               "knn_init": epochs[0]["knn"], "z_std": epochs[-1]["z_std"], "z_std_ref": epochs[-1]["z_std_ref"],
-              "eff_rank": epochs[-1]["eff_rank"], "train_images": len(data.train), "test_images": len(data.test)}
+              "eff_rank": epochs[-1]["eff_rank"], "alignment": epochs[-1].get("alignment"),
+              "uniformity": epochs[-1].get("uniformity"), "train_images": len(data.train), "test_images": len(data.test)}
     if cfg.probe == "seed":
         train_h, _ = extract(method.embed, data.train, data, cfg.image_size, device)
         train_h_flip, _ = extract(method.embed, data.train, data, cfg.image_size, device, flip=True)
