@@ -48,6 +48,20 @@ def test_byol_parameter_counts_for_every_bn_code(code):
     assert h.shape == (8, 512) and z.shape == (8, 256)
 
 
+@pytest.mark.parametrize("code", ["111", "101", "011", "110", "010", "100", "001", "000"])
+def test_bn_code_puts_head_batchnorm_exactly_where_it_says_and_leaves_the_backbone(code):
+    from sslnb.norm import GhostBatchNorm1d, GhostBatchNorm2d
+
+    m = BYOL(Config.from_preset("smoke", "byol", bn_code=code))
+    placed = [isinstance(head.bn, GhostBatchNorm1d) for head in (m.online.projector, m.predictor, m.target.projector)]
+    assert placed == [c == "1" for c in code]
+    for net in (m.online, m.target):
+        bn1d = [mod for mod in net.modules() if isinstance(mod, GhostBatchNorm1d)]
+        bn2d = [mod for mod in net.backbone.modules() if isinstance(mod, GhostBatchNorm2d)]
+        assert len(bn2d) == 20 and all(b.weight is not None for b in bn2d)  # every backbone BN, every code
+        assert len(bn1d) <= 1
+
+
 def test_bn_affine_off_removes_head_scale_and_shift_only():
     m = BYOL(Config.from_preset("smoke", "byol", bn_affine=False))
     assert m.online.projector.bn.weight is None and m.predictor.bn.weight is None
