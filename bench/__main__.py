@@ -1,0 +1,340 @@
+"""Benchmarks that print figures: ``python -m bench`` (or ``make bench``) from the repository root.
+
+Tables (each can be chosen with ``--only``):
+
+- ``throughput``: images per second of one training step (both views) for BYOL, SimCLR and InsDis, on
+  the cpu preset's network and on ResNet-18 CIFAR at the paper's batch sizes (smaller batches on a CPU:
+  the batch is printed), achieved FLOP/s against a matrix-product peak measured in the same run, and
+  peak memory;
+- ``bare``: the library's training step against the same step written as a bare PyTorch loop with the
+  same modules (the ratio should be at most 1.05: no framework overhead);
+- ``augment``: the batched ``aug+`` pipeline against torchvision's per-image transforms in a DataLoader
+  with one worker per core, two 32x32 views per image;
+- ``budget``: the cpu preset's ``make book`` training time by chapter, read from the run directories.
+
+No test asserts any of these times; they are measurements for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sslnb.augment import BatchAugment  # noqa: E402
+from sslnb.config import Config  # noqa: E402
+from sslnb.methods import build_method  # noqa: E402
+from sslnb.optim import build_optimizer  # noqa: E402
+from sslnb.train import apply_performance_options, train_step  # noqa: E402
+
+
+# ---------------------------------------------------------------------- helpers
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats: int) -> list[float]:
+    """Seconds per call of ``fn`` over ``repeats`` calls (after the caller's warm-up)."""
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def matmul_peak(device: torch.device, dtype=torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large square matrix product: the practical peak the step is compared with."""
+    if device.type == "cuda":
+        n = 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = min(timed(lambda: a @ b, device, repeats))
+    return 2 * n**3 / best
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes; whole process
+
+
+def table(rows: list[dict], title: str) -> None:
+    print(f"\n## {title}\n")
+    keys = list(rows[0])
+    cells = [[k for k in keys]] + [[_fmt(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
+    for j, row in enumerate(cells):
+        print("| " + " | ".join(c.rjust(w) if j and _numeric(c) else c.ljust(w) for c, w in zip(row, widths)) + " |")
+        if j == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    sys.stdout.flush()
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return str(v)
+
+
+def _numeric(s: str) -> bool:
+    return s.replace(",", "").replace(".", "", 1).replace("-", "", 1).isdigit()
+
+
+# ---------------------------------------------------------------------- one step, two ways
+def setup(cfg: Config, device: torch.device):
+    """A method, its optimiser and one batch of pre-augmented views (random images)."""
+    torch.manual_seed(0)
+    n_train = 50_000 if cfg.dataset.startswith("cifar") else 3000
+    method = build_method(cfg, 100, n_train).to(device)
+    opt = build_optimizer(cfg, method.trainable_parameters())
+    method, forward = apply_performance_options(method, cfg, device)
+    views = [torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+             for _ in range(method.n_views)]
+    if cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda"):
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    idx = torch.randperm(n_train, device=device)[: cfg.batch_size]
+    y = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
+    return method, forward, opt, views, y, idx
+
+
+def bare_step(method, opt, views, idx, cfg):
+    """The same step, written out with the same modules and no library code."""
+    if cfg.method == "byol":
+        p = [method.predictor(method.online(v)[1]) for v in views]
+        with torch.no_grad():
+            z = [method.target(v)[1] for v in views]
+        cos = lambda a, b: (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1)  # noqa: E731
+        loss = (2 - 2 * cos(p[0], z[1])).mean() + (2 - 2 * cos(p[1], z[0])).mean()
+    elif cfg.method == "simclr":
+        z1, z2 = (F.normalize(method.encoder(v)[1], dim=1) for v in views)
+        s = z1 @ z2.T
+        logits = (s + s.T - torch.diag_embed(s.diagonal())) / cfg.temperature
+        loss = F.cross_entropy(logits, torch.arange(len(z1), device=z1.device))
+    else:  # insdis, full softmax over the bank
+        f = F.normalize(method.encoder(views[0])[1], dim=1)
+        prob = torch.softmax(f @ method.bank.vectors.T / cfg.temperature, dim=1)
+        loss = -(prob.gather(1, idx[:, None]) + 1e-7).log().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        if cfg.method == "byol":
+            online = dict(method.online.named_parameters())
+            for name, t in method.target.named_parameters():
+                t.mul_(cfg.ema).add_(online[name], alpha=1 - cfg.ema)
+        elif cfg.method == "insdis":
+            v = method.bank.vectors
+            v[idx] = F.normalize(0.5 * v[idx] + 0.5 * f.detach(), dim=1)
+    return loss.detach()
+
+
+def step_flops(method, forward, opt, views, y, idx) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        train_step(method, forward, opt, views, y, idx, 0.5)
+    return float(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------------- the tables
+def settings(device: torch.device, quick: bool) -> list[tuple[str, Config]]:
+    out = []
+    for method in ("byol", "simclr", "insdis"):
+        out.append(("cpu preset", Config.from_preset("cpu", method, device=str(device))))
+    paper_batch = {"byol": 512, "simclr": 1024, "insdis": 128}
+    for method in ("byol", "simclr", "insdis"):
+        cfg = Config.from_preset("paper", method, device=str(device), download=False)
+        if device.type == "cpu":  # a paper-size step takes tens of seconds on two cores
+            cfg = cfg.replace(batch_size=32 if quick else 64, bn_groups=4)
+        out.append((f"paper R18 (paper batch {paper_batch[method]})", cfg))
+    return out
+
+
+def bench_throughput(device, quick: bool) -> None:
+    peak = matmul_peak(device)
+    bf16_peak = matmul_peak(device, torch.bfloat16) if device.type == "cuda" else None
+    rows = []
+    for label, cfg in settings(device, quick):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        method, forward, opt, views, y, idx = setup(cfg, device)
+        flops = step_flops(method, forward, opt, views, y, idx)
+        for _ in range(2):
+            train_step(method, forward, opt, views, y, idx, 0.5)
+        t = statistics.median(timed(lambda: train_step(method, forward, opt, views, y, idx, 0.5), device,
+                                    3 if quick else 6))
+        rows.append({"method": cfg.method, "setting": label, "width": cfg.width, "image": cfg.image_size,
+                     "batch": cfg.batch_size, "img/s": cfg.batch_size / t, "ms/step": 1000 * t,
+                     "GFLOP/step": flops / 1e9, "GFLOP/s": flops / t / 1e9,
+                     "% of matmul peak": 100 * flops / t / (bf16_peak if cfg.amp != "none" and bf16_peak else peak),
+                     "peak MB": peak_memory_mb(device)})
+        del method, opt, views
+    table(rows, f"Training step throughput on {device_label(device)} "
+                f"(fp32 matmul peak measured now: {peak / 1e9:,.0f} GFLOP/s"
+                + (f"; bf16: {bf16_peak / 1e9:,.0f} GFLOP/s" if bf16_peak else "") + ")")
+
+
+def bench_bare(device, quick: bool) -> None:
+    rows = []
+    for label, cfg in settings(device, quick)[:3]:
+        method, forward, opt, views, y, idx = setup(cfg, device)
+        ours = lambda: train_step(method, forward, opt, views, y, idx, 0.5)  # noqa: E731
+        bare = lambda: bare_step(method, opt, views, idx, cfg)  # noqa: E731
+        for _ in range(3):
+            ours()
+            bare()
+        t_ours, t_bare = [], []
+        for _ in range(10 if quick else 30):  # interleaved, so drift hits both equally
+            t_ours += timed(ours, device, 1)
+            t_bare += timed(bare, device, 1)
+        mo, mb = statistics.median(t_ours), statistics.median(t_bare)
+        rows.append({"method": cfg.method, "setting": label, "batch": cfg.batch_size,
+                     "library ms/step": 1000 * mo, "bare loop ms/step": 1000 * mb, "ratio": mo / mb})
+    table(rows, f"Library step against a bare PyTorch loop with the same modules ({device_label(device)})")
+
+
+class _PerImageViews:
+    """A torchvision Dataset giving two ``aug+`` views of a 32x32 image, per image with PIL."""
+
+    def __init__(self, images):
+        from torchvision import transforms as T
+
+        self.images = images
+        blur = T.RandomApply([_PILBlur()], p=0.5)
+        self.transform = T.Compose([
+            T.RandomResizedCrop(32, scale=(0.2, 1.0)), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(0.2), blur, T.RandomHorizontalFlip(), T.ToTensor()])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = Image.fromarray(self.images[i])
+        return self.transform(img), self.transform(img)
+
+
+class _PILBlur:
+    """The seed's blur: PIL GaussianBlur with radius sigma ~ U(0.1, 2)."""
+
+    def __call__(self, img):
+        import random
+
+        from PIL import ImageFilter
+
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+
+
+def bench_augment(device, quick: bool) -> None:
+    from sslnb.data import load_dataset
+
+    data = load_dataset("digits")
+    x = data.train.x  # (3000, 3, 32, 32) uint8
+    n = len(x)
+    aug = BatchAugment("aug+", 32)
+    xd = x.to(device)
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def ours():
+        for chunk in xd.split(512):
+            f = chunk.float().div_(255)
+            aug(f, g)
+            aug(f, g)
+
+    ours()
+    t_ours = min(timed(ours, device, 2 if quick else 3))
+    workers = os.cpu_count() or 1
+    loader = torch.utils.data.DataLoader(_PerImageViews(x.permute(0, 2, 3, 1).numpy()), batch_size=256,
+                                         num_workers=workers, persistent_workers=False)
+
+    def theirs():
+        for _ in loader:
+            pass
+
+    t_theirs = min(timed(theirs, torch.device("cpu"), 1 if quick else 2))
+    rows = [{"pipeline": f"sslnb BatchAugment('aug+'), batched on {device.type}", "images": n,
+             "images/s (2 views)": n / t_ours, "speed-up": t_theirs / t_ours},
+            {"pipeline": f"torchvision per-image + DataLoader ({workers} workers)", "images": n,
+             "images/s (2 views)": n / t_theirs, "speed-up": 1.0}]
+    table(rows, f"Augmentation throughput, two 32x32 aug+ views per image ({device_label(device)})")
+
+
+def bench_budget(run_root: Path) -> None:
+    from sslnb.experiments import CHAPTERS, chapter_runs
+    from sslnb.runs import load_run, run_name
+
+    seen, rows = set(), []
+    for chapter in CHAPTERS:
+        total, count, missing = 0.0, 0, 0
+        for cfg in chapter_runs(chapter, "cpu").values():
+            name = run_name(cfg)
+            if name in seen:
+                continue
+            seen.add(name)
+            path = run_root / name
+            if not (path / "result.json").exists():
+                missing += 1
+                continue
+            total += load_run(path).result.get("wall_s", 0.0)
+            count += 1
+        rows.append({"chapter": chapter, "new runs": count, "not trained": missing, "core-minutes": total / 60,
+                     "minutes with 2 jobs": total / 60 / 2})
+    rows.append({"chapter": "all", "new runs": sum(r["new runs"] for r in rows),
+                 "not trained": sum(r["not trained"] for r in rows),
+                 "core-minutes": sum(r["core-minutes"] for r in rows),
+                 "minutes with 2 jobs": sum(r["minutes with 2 jobs"] for r in rows)})
+    table(rows, f"The cpu preset's training budget by chapter (runs under {run_root}; a run shared by "
+                "chapters is counted in the first)")
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--only", default="throughput,bare,augment,budget")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and smaller CPU batches")
+    p.add_argument("--run-root", default=str(ROOT / "runs"))
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    print(f"# sslnb benchmarks: {device_label(device)}, torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d')}")
+    only = args.only.split(",")
+    if "throughput" in only:
+        bench_throughput(device, args.quick)
+    if "bare" in only:
+        bench_bare(device, args.quick)
+    if "augment" in only:
+        bench_augment(device, args.quick)
+    if "budget" in only:
+        bench_budget(Path(args.run_root))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
