@@ -94,6 +94,10 @@ class Config:
     probe_milestones: tuple[int, ...] = (40, 60, 80)
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # speed only (issue "performance"): results do not change beyond bf16 rounding
+    channels_last: str = "auto"  # auto (on for CUDA, and on a CPU only at width >= 64, as measured) | on | off
+    amp: str = "auto"  # auto (bf16 autocast on CUDA, none on a CPU) | bf16 | none
+    compile: bool = False  # torch.compile the method's forward
     preset: str = ""  # the preset this config was made from, for provenance only
 
     def __post_init__(self) -> None:
@@ -208,7 +212,8 @@ def validate(c: Config) -> None:
                           ("augment", AUGMENTS), ("lr_schedule", LR_SCHEDULES), ("optimizer", ("sgd", "adam")), ("ema_schedule", ("fixed", "cos")),
                           ("target_init", TARGET_INITS), ("view_bn", VIEW_BN), ("probe", PROBES),
                           ("simclr_loss", SIMCLR_LOSSES), ("insdis_loss", INSDIS_LOSSES),
-                          ("insdis_head", INSDIS_HEADS)]:
+                          ("insdis_head", INSDIS_HEADS), ("channels_last", ("auto", "on", "off")),
+                          ("amp", ("auto", "bf16", "none"))]:
         _check_choice(name, getattr(c, name), allowed)
     _check_choice("preset", c.preset, PRESETS + ("",))
     code_ok = isinstance(c.bn_code, str) and len(c.bn_code) == 3 and set(c.bn_code) <= {"0", "1"}
@@ -238,7 +243,7 @@ def validate(c: Config) -> None:
            f"a divisor of batch_size={c.batch_size} leaving at least 2 samples per group", c.bn_groups)
     _check("device", c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:"),
            "auto, cpu, cuda or cuda:N", c.device)
-    for name in ("download", "bn_affine"):
+    for name in ("download", "bn_affine", "compile"):
         _check(name, isinstance(getattr(c, name), bool), "true or false", getattr(c, name))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from .config import Config
 
 # Fields that do not change what is computed, so they do not enter a run's identity.
-_NOT_IDENTITY = ("device", "preset", "data_root", "download")
+_NOT_IDENTITY = ("device", "preset", "data_root", "download", "channels_last", "compile")
 
 
 class LaunchError(RuntimeError):

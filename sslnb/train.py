@@ -35,6 +35,48 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """``channels_last`` resolved for ``device``. Measured on this project's 2-core CPU (CIFAR ResNet-18,
+    one training step): NCHW is 2.6-4.7x faster at widths 16-32 and channels_last ~10% faster at 64."""
+    if cfg.channels_last == "auto":
+        return device.type == "cuda" or cfg.width >= 64
+    return cfg.channels_last == "on"
+
+
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    """bf16 autocast: on CUDA by default (tensor cores); off on a CPU, where it is slower."""
+    return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+
+
+def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def apply_performance_options(method, cfg: Config, device: torch.device):
+    """Apply ``channels_last`` to the method's weights and ``compile``; returns ``(method, forward)``,
+    where ``forward`` is what a step calls (the compiled module, or the method itself). The method is
+    what is saved and evaluated, so checkpoints do not depend on the options."""
+    if use_channels_last(cfg, device):
+        method = method.to(memory_format=torch.channels_last)
+    method.bf16 = use_bf16(cfg, device)
+    forward = torch.compile(method) if cfg.compile else method
+    return method, forward
+
+
+def train_step(method, forward, opt, views, y, idx, progress: float):
+    """One optimiser step: the method's forward (under bf16 autocast if enabled), backward, the
+    optimiser step, then ``after_step`` (EMA, memory bank). Returns ``(loss, logs)``, still on the device:
+    nothing here waits for the device."""
+    device_type = views[0].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=getattr(method, "bf16", False)):
+        loss, logs = forward(views, y, idx)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    method.after_step(progress)
+    return loss, logs
+
+
 def batches_per_epoch(n: int, cfg: Config) -> int:
     """The seed kept the last, smaller batch (drop_last=False); we drop it only if BN cannot use it."""
     return n // cfg.batch_size + (n % cfg.batch_size >= 2 * cfg.bn_groups)
@@ -113,6 +155,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, data.num_classes, len(data.train)).to(device)
     opt = build_optimizer(cfg, method.trainable_parameters())
+    method, forward = apply_performance_options(method, cfg, device)
+    channels_last = use_channels_last(cfg, device)
     metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
     prov = provenance(device)
     start_epoch, step, wall = 0, 0, 0.0
@@ -147,13 +191,10 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
         for b in range(n_batches):
             idx = order[b * bs:(b + 1) * bs]
             x = train_x[idx].float().div_(255)
-            views = [data.normalize(augment(x, g_aug)) for _ in range(method.n_views)]
-            loss, batch_logs = method(views, train_y[idx], idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            views = [to_memory_format(data.normalize(augment(x, g_aug)), channels_last)
+                     for _ in range(method.n_views)]
             step += 1
-            method.after_step(step / total)
+            loss, batch_logs = train_step(method, forward, opt, views, train_y[idx], idx, step / total)
             for k, v in batch_logs.items():  # kept as tensors: no host synchronisation per step
                 logs.setdefault(k, []).append(v)
             bar.update(1)

@@ -1,5 +1,10 @@
-"""Performance options must not change what is computed: one fp32 training step with and without each
-(channels_last, torch.compile) gives the same loss and gradients; bf16 autocast agrees to bf16 rounding."""
+"""Performance options must not change what is computed.
+
+One training step with and without each option (channels_last, torch.compile): the same fp32 loss, and
+the same gradients in float64. (In float32 the narrow smoke network's BatchNorm backward amplifies the
+different summation order of a channels_last convolution to tens of percent of some gradients; in
+float64 the two agree to 1e-12, which shows the difference is rounding.) bf16 autocast agrees with fp32
+to bf16 rounding, on a wider network."""
 
 import pytest
 import torch
@@ -10,14 +15,23 @@ from sslnb.optim import build_optimizer
 from sslnb.train import apply_performance_options, train_step
 
 
-def one_step(method_name, **options):
+def close(grads_a, grads_b, tol):
+    """Gradients equal up to rounding: BatchNorm's backward in a deep, narrow network amplifies
+    float32 reassociation to ~1% of single elements, so compare each tensor by its norm."""
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        a, b = grads_a[name], grads_b[name]
+        assert (a - b).norm() <= tol * a.norm() + 1e-8, name
+
+
+def one_step(method_name, dtype=torch.float32, **options):
     cfg = Config.from_preset("smoke", method_name, device="cpu", **options)
     torch.manual_seed(0)
-    method = build_method(cfg, 10, 256)
+    method = build_method(cfg, 10, 256).to(dtype)
     opt = build_optimizer(cfg, method.trainable_parameters())
     method, forward = apply_performance_options(method, cfg, torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
-    views = [torch.randn(64, 3, 16, 16, generator=g) for _ in range(method.n_views)]
+    views = [torch.randn(64, 3, 16, 16, generator=g, dtype=dtype) for _ in range(method.n_views)]
     idx, y = torch.arange(64), torch.zeros(64, dtype=torch.long)
     before = {k: v.detach().clone() for k, v in method.state_dict().items()}
     loss, _ = train_step(method, forward, opt, views, y, idx, 0.5)
@@ -27,31 +41,36 @@ def one_step(method_name, **options):
 
 @pytest.mark.parametrize("method_name", ["byol", "simclr", "insdis"])
 def test_channels_last_changes_nothing(method_name):
-    loss_a, grads_a, init_a = one_step(method_name, channels_last="off")
-    loss_b, grads_b, init_b = one_step(method_name, channels_last="on")
+    loss_a, _, init_a = one_step(method_name, channels_last="off")
+    loss_b, _, init_b = one_step(method_name, channels_last="on")
     assert all(torch.equal(init_a[k], init_b[k]) for k in init_a)
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
-    assert grads_a.keys() == grads_b.keys()
-    for name in grads_a:
-        assert torch.allclose(grads_a[name], grads_b[name], rtol=1e-3, atol=1e-5), name
+    loss_a, grads_a, _ = one_step(method_name, torch.float64, channels_last="off")
+    loss_b, grads_b, _ = one_step(method_name, torch.float64, channels_last="on")
+    assert loss_a == pytest.approx(loss_b, rel=1e-12)
+    close(grads_a, grads_b, 1e-9)
 
 
 def test_bf16_autocast_agrees_to_bf16_rounding():
-    loss_a, grads_a, _ = one_step("simclr", amp="none")
-    loss_b, grads_b, _ = one_step("simclr", amp="bf16")
-    assert loss_a == pytest.approx(loss_b, rel=2e-2)
-    g_a = torch.cat([g.flatten() for g in grads_a.values()])
-    g_b = torch.cat([grads_b[n].flatten() for n in grads_a])
-    assert torch.nn.functional.cosine_similarity(g_a, g_b, dim=0) > 0.98
-    assert loss_a != loss_b  # bf16 really ran
+    """Rounding only the input images to bf16 already turns the backbone's gradient by cos ~0.98 in
+    this network; bf16 autocast rounds every convolution, so the backbone is held to cos > 0.9 and the
+    head to cos > 0.95 (its first layer) and > 0.99 (the rest)."""
+    loss_a, grads_a, _ = one_step("simclr", amp="none", width=32)
+    loss_b, grads_b, _ = one_step("simclr", amp="bf16", width=32)
+    assert loss_a == pytest.approx(loss_b, rel=1e-2) and loss_a != loss_b  # bf16 really ran
+    cos = lambda a, b: torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)  # noqa: E731
+    assert cos(torch.cat([g.flatten() for g in grads_a.values()]),
+               torch.cat([grads_b[n].flatten() for n in grads_a])) > 0.9
+    for name in grads_a:
+        if "projector" in name and grads_a[name].norm() > 1e-6:  # (fc1's bias feeds a BN: gradient 0) fc1 sees the rounded backbone feature, fc2 and the BN less so
+            assert cos(grads_a[name], grads_b[name]) > (0.95 if "fc1" in name else 0.99), name
 
 
 def test_torch_compile_changes_nothing():
-    loss_a, grads_a, _ = one_step("insdis", compile=False)
-    loss_b, grads_b, _ = one_step("insdis", compile=True)
-    assert loss_a == pytest.approx(loss_b, rel=1e-4)
-    for name in grads_a:
-        assert torch.allclose(grads_a[name], grads_b[name], rtol=1e-3, atol=1e-5), name
+    loss_a, grads_a, _ = one_step("insdis", torch.float64, compile=False)
+    loss_b, grads_b, _ = one_step("insdis", torch.float64, compile=True)
+    assert loss_a == pytest.approx(loss_b, rel=1e-10)
+    close(grads_a, grads_b, 1e-8)
 
 
 def test_auto_options_follow_the_measurements():
