@@ -12,7 +12,7 @@ DEVICE ?= auto
 DATA_ROOT ?= data
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test runs execute site venv clean
+.PHONY: book test runs execute site venv clean bench
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ book: execute
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench
 
 clean:
 	rm -rf _build _stage

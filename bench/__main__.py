@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -284,7 +283,8 @@ def bench_budget(run_root: Path) -> None:
     from sslnb.runs import load_run, run_name
 
     seen, rows = set(), []
-    for chapter in CHAPTERS:
+    # Each run is counted in the first chapter that needs it, the summary page last.
+    for chapter in sorted(CHAPTERS, key=lambda c: (c == "00_results", c)):
         total, count, missing = 0.0, 0, 0
         for cfg in chapter_runs(chapter, "cpu").values():
             name = run_name(cfg)
@@ -308,9 +308,9 @@ def bench_budget(run_root: Path) -> None:
 
 
 def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    from sslnb.runs import device_name
+
+    return device_name(device)
 
 
 def main(argv=None) -> int:

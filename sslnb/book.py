@@ -40,7 +40,8 @@ def check_parameters(notebook: Path, parameters: dict) -> None:
 
 
 def stage(stage_dir: Path = STAGE) -> None:
-    """Copy the book sources (and the library, for literalinclude) into ``stage_dir``."""
+    """Copy the book sources (and the library, for literalinclude, and the benchmark results) into
+    ``stage_dir``."""
     if stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
@@ -49,6 +50,8 @@ def stage(stage_dir: Path = STAGE) -> None:
     ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc")
     shutil.copytree(BOOK, stage_dir / "book", ignore=ignore)
     shutil.copytree(ROOT / "sslnb", stage_dir / "sslnb", ignore=ignore)
+    (stage_dir / "bench").mkdir()
+    shutil.copy2(ROOT / "bench" / "RESULTS.md", stage_dir / "bench" / "RESULTS.md")  # the performance page
 
 
 def hide_injected_parameters(path: Path) -> None:
