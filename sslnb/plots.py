@@ -110,14 +110,19 @@ def results_table(rows: list[dict]):
 
 
 def provenance_markdown(runs: dict, what: str = "these numbers") -> str:
-    """A Markdown note and table naming, for each run of ``runs`` ({label: Run}), its directory, epochs,
-    device, git commit and wall time, under one line with the preset and dataset."""
+    """Markdown naming the preset and dataset of ``runs`` ({label: Run}), then an HTML table with each
+    run's directory, epochs, device, git commit and wall time. (HTML, because the book renders
+    notebook Markdown outputs as CommonMark, which has no tables.)"""
+    from html import escape
+
     first = next(iter(runs.values())).config
-    lines = ["| run | directory | epochs | device | commit | wall (min) |", "|---|---|---|---|---|---|"]
+    cells = ["<tr><th>run</th><th>directory</th><th>epochs</th><th>device</th><th>commit</th>"
+             "<th>wall (min)</th></tr>"]
     for label, r in runs.items():
         p, wall = r.provenance, r.result.get("wall_s")
         wall = "–" if wall is None else f"{wall / 60:.1f}"
-        lines.append(f"| {label} | `{r.name}` | {r.config.epochs} | {p.get('device_name', '?')} | "
-                     f"`{p.get('git_commit', '?')}` | {wall} |")
+        values = [label, r.name, r.config.epochs, p.get("device_name", "?"), p.get("git_commit", "?"), wall]
+        cells.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in values) + "</tr>")
     return (f"**Where {what} come from.** Preset `{first.preset or 'custom'}`, dataset `{first.dataset}`, "
-            f"{first.network} width {first.width}, trained by `sslnb.train`:\n\n" + "\n".join(lines))
+            f"{first.network} width {first.width}, trained by `sslnb.train`:\n\n"
+            "<table class=\"provenance\">" + "".join(cells) + "</table>\n")
