@@ -188,3 +188,41 @@ def mean_and_interval(values, confidence: float = 0.95) -> dict[str, float]:
     std = float(v.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches) -> nn.Module:
+    """Recompute every BatchNorm's running mean and variance as the average over ``batches`` (an
+    iterable of input tensors), in training mode, then return the model in eval mode.
+
+    An untrained network's running statistics are still at their initial values (mean 0, variance 1),
+    so in eval mode its BatchNorm layers do almost nothing; a trained network's have been estimated from
+    the training images. Recalibrating puts an untrained network on the same footing.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momentum = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+    model.train()
+    for i, x in enumerate(batches):
+        for bn in bns:
+            bn.momentum = 1.0 / (i + 1)  # a running average over the batches seen
+        model(x)
+    for bn, m in zip(bns, momentum):
+        bn.momentum = m
+    return model.eval()
+
+
+def untrained_knn_with_calibrated_bn(cfg, data: ImageData, device="cpu") -> float:
+    """kNN accuracy (%) of the untrained network of ``cfg`` (built from its seed, as every run's random
+    init is) after :func:`recalibrate_batchnorm` on the clean training images."""
+    from .methods import build_method
+
+    torch.manual_seed(cfg.seed)
+    method = build_method(cfg, data.num_classes, len(data.train)).to(device)
+    batches = (data.normalize(resize_batch(data.train.x[i:i + 256].to(device).float().div(255), cfg.image_size))
+               for i in range(0, len(data.train), 256))
+    recalibrate_batchnorm(method.backbone, batches)
+    train_h, _ = extract(method.embed, data.train, data, cfg.image_size, device)
+    test_h, _ = extract(method.embed, data.test, data, cfg.image_size, device)
+    return knn_accuracy(train_h, data.train.y, test_h, data.test.y, data.num_classes, cfg.knn_k, cfg.knn_t)

@@ -60,3 +60,16 @@ def test_mean_and_interval():
     assert r["mean"] == pytest.approx(63.35, abs=0.01) and r["std"] == pytest.approx(0.30, abs=0.01)
     assert r["ci_low"] < r["mean"] < r["ci_high"] and r["ci_high"] - r["ci_low"] == pytest.approx(2 * 2.447 * 0.30 / 7 ** 0.5, rel=0.03)
     assert math.isnan(mean_and_interval([1.0])["std"])
+
+
+def test_recalibrate_batchnorm_averages_the_statistics_of_all_batches():
+    from sslnb.evaluate import recalibrate_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    batches = [torch.randn(8, 3, 5, 5) * (i + 1) + i for i in range(3)]
+    recalibrate_batchnorm(net, batches)
+    with torch.no_grad():
+        per_batch = [net[0](x).mean(dim=(0, 2, 3)) for x in batches]
+    assert not net.training
+    assert torch.allclose(net[1].running_mean, torch.stack(per_batch).mean(0), atol=1e-5)
+    assert net[1].momentum == 0.1  # restored
