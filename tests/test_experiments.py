@@ -1,0 +1,34 @@
+"""The run lists of every chapter follow the seed's settings at the paper preset."""
+
+import pytest
+
+from sslnb.experiments import BN_CODES, CHAPTERS, all_runs, chapter_runs
+from sslnb.runs import run_name
+
+
+def test_paper_preset_run_lists_follow_the_seed():
+    insdis = chapter_runs("01_insdis", "paper")
+    temps = sorted(c.temperature for k, c in insdis.items() if k.startswith("t="))
+    assert temps == [0.05, 0.07, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert all((c.batch_size, c.lr, c.dataset) == (128, 0.03, "cifar100") for k, c in insdis.items() if k.startswith("t="))
+    mlp = insdis["mlp head"]
+    assert (mlp.insdis_head, mlp.batch_size, mlp.lr, mlp.temperature) == ("mlp", 512, 0.12, 0.3)
+    bn = chapter_runs("04_bn_collapse", "paper")
+    assert {bn[c].bn_code for c in BN_CODES} == set(BN_CODES)
+    assert all((bn[c].augment, bn[c].batch_size, bn[c].lr, bn[c].bn_groups, bn[c].epochs) == ("aug+", 512, 0.12, 4, 201)
+               for c in BN_CODES)
+    assert bn["011 affine off"].bn_affine is False and bn["111 full-batch BN"].bn_groups == 1
+    batch = chapter_runs("05_batch_size", "paper")
+    assert [(batch[f"B={b}"].lr, batch[f"B={b}"].bn_groups) for b in (128, 512, 1024)] == [
+        (pytest.approx(0.03), 4), (pytest.approx(0.12), 4), (pytest.approx(0.24), 4)]
+    assert len(chapter_runs("06_variance", "paper")) == 7  # the seed's seven tries
+    results = chapter_runs("00_results", "paper")
+    assert (results["byol r50"].network, results["byol r50"].batch_size, results["byol r50"].lr) == ("resnet50", 256, 0.06)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
+def test_shared_runs_train_once(preset):
+    names = [run_name(c) for c in all_runs(preset)]
+    assert len(names) == len(set(names))
+    every = {run_name(c) for ch in CHAPTERS for c in chapter_runs(ch, preset).values()}
+    assert every == set(names)
