@@ -100,7 +100,7 @@ def _generator(device: torch.device, *seeds: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def _augmented_pair(method, data: ImageData, cfg: Config, device, n: int = 1000):
+def _augmented_pair(method, data: ImageData, cfg: Config, device, n: int = 500):
     """Projections z of two augmented views of the first ``n`` test images (fixed randomness), eval mode."""
     augment = BatchAugment(cfg.augment, cfg.image_size)
     g = _generator(device, cfg.seed, 7)
@@ -112,7 +112,7 @@ def _augmented_pair(method, data: ImageData, cfg: Config, device, n: int = 1000)
 def evaluate_epoch(method, data: ImageData, cfg: Config, device) -> dict:
     """kNN accuracy of the last-conv feature h (and of the projection z) and collapse diagnostics:
     per-dimension std and effective rank of z, and Wang & Isola's alignment (two augmented views of
-    test images) and uniformity (test images)."""
+    500 test images) and uniformity (test images)."""
     was_training = method.training
     method.eval()
     train_h, train_z = extract(method.embed, data.train, data, cfg.image_size, device)
