@@ -34,7 +34,7 @@ from sslnb.augment import BatchAugment  # noqa: E402
 from sslnb.config import Config  # noqa: E402
 from sslnb.methods import build_method  # noqa: E402
 from sslnb.optim import build_optimizer  # noqa: E402
-from sslnb.train import apply_performance_options, train_step  # noqa: E402
+from sslnb.train import apply_performance_options, to_memory_format, train_step, use_channels_last  # noqa: E402
 
 
 # ---------------------------------------------------------------------- helpers
@@ -108,8 +108,7 @@ def setup(cfg: Config, device: torch.device):
     method, forward = apply_performance_options(method, cfg, device)
     views = [torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
              for _ in range(method.n_views)]
-    if cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda"):
-        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    views = [to_memory_format(v, use_channels_last(cfg, device)) for v in views]  # as the training loop does
     idx = torch.randperm(n_train, device=device)[: cfg.batch_size]
     y = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
     return method, forward, opt, views, y, idx
