@@ -27,6 +27,8 @@ AUGMENTS = ("normal", "aug+")
 LR_SCHEDULES = ("step", "cos")
 TARGET_INITS = ("independent", "copy")
 VIEW_BN = ("separate", "joint")
+DIST_BN = ("groups", "local", "sync")
+SIMCLR_GATHER = ("global", "local")
 PROBES = ("seed", "none")
 PRESETS = ("smoke", "cpu", "paper")
 
@@ -67,6 +69,10 @@ class Config:
     bn_affine: bool = True  # learnable scale and shift in BN1/BN2/BN3
     bn_groups: int = 4  # ghost BatchNorm: each BN sees batch_size / bn_groups samples
     view_bn: str = "separate"  # each view forwarded on its own (seed) or both in one BN batch
+    # BatchNorm over several processes (sslnb.dist.configure_batchnorm): groups = batch_size / bn_groups
+    # images per BN whatever the number of processes | local: each process's own share (DDP's default) |
+    # sync: the whole global batch (SyncBatchNorm)
+    dist_bn: str = "groups"
 
     # BYOL
     ema: float = 0.996  # target <- ema * target + (1 - ema) * online, after every step
@@ -94,6 +100,11 @@ class Config:
     probe_milestones: tuple[int, ...] = (40, 60, 80)
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # processes (GPUs) training this run together under torchrun; batch_size stays the global batch
+    world_size: int = 1
+    # SimCLR under several processes: global = negatives from every process's samples, with gradients
+    # (the seed's DataParallel computed the loss on the whole batch) | local = each process's own samples
+    simclr_gather: str = "global"
     # speed only (issue "performance"): results do not change beyond bf16 rounding
     channels_last: str = "auto"  # auto (on for CUDA, and on a CPU only at width >= 64, as measured) | on | off
     amp: str = "auto"  # auto (bf16 autocast on CUDA, none on a CPU) | bf16 | none
@@ -213,12 +224,14 @@ def validate(c: Config) -> None:
                           ("target_init", TARGET_INITS), ("view_bn", VIEW_BN), ("probe", PROBES),
                           ("simclr_loss", SIMCLR_LOSSES), ("insdis_loss", INSDIS_LOSSES),
                           ("insdis_head", INSDIS_HEADS), ("channels_last", ("auto", "on", "off")),
-                          ("amp", ("auto", "bf16", "none"))]:
+                          ("amp", ("auto", "bf16", "none")), ("dist_bn", DIST_BN),
+                          ("simclr_gather", SIMCLR_GATHER)]:
         _check_choice(name, getattr(c, name), allowed)
     _check_choice("preset", c.preset, PRESETS + ("",))
     code_ok = isinstance(c.bn_code, str) and len(c.bn_code) == 3 and set(c.bn_code) <= {"0", "1"}
     _check("bn_code", code_ok, "three bits BN1 BN2 BN3 such as '111', '101' or '000'", c.bn_code)
-    for name in ("width", "epochs", "batch_size", "image_size", "bn_groups", "proj_dim", "knn_k", "nce_k"):
+    for name in ("width", "epochs", "batch_size", "image_size", "bn_groups", "proj_dim", "knn_k", "nce_k",
+                 "world_size"):
         v = getattr(c, name)
         lo = 0 if name == "epochs" else 1
         _check(name, isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"an integer >= {lo}", v)
@@ -241,6 +254,12 @@ def validate(c: Config) -> None:
         _check(name, ok, "increasing epoch numbers such as 160,190,200", v)
     _check("bn_groups", c.batch_size % c.bn_groups == 0 and c.batch_size // c.bn_groups >= 2,
            f"a divisor of batch_size={c.batch_size} leaving at least 2 samples per group", c.bn_groups)
+    _check("world_size", c.batch_size % c.world_size == 0,
+           f"a divisor of batch_size={c.batch_size} (each process takes an equal share)", c.world_size)
+    if c.dist_bn == "groups":
+        _check("bn_groups", c.bn_groups % c.world_size == 0,
+               f"a multiple of world_size={c.world_size} with dist_bn=groups (or choose dist_bn=local or sync)",
+               c.bn_groups)
     _check("device", c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:"),
            "auto, cpu, cuda or cuda:N", c.device)
     for name in ("download", "bn_affine", "compile"):

@@ -27,23 +27,37 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
+            z1_all: torch.Tensor | None = None, z2_all: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
     """NT-Xent (Chen et al., 2020, eq. 1), the standard form.
 
     ``z1``, ``z2`` (B, D): projections of two views of the same B images. Every one of the 2B vectors is
     an anchor; its positive is the other view of its image and its 2B - 2 negatives are all other
     vectors, same-view ones included. Cosine similarities are divided by ``temperature``. Returns the
     mean loss over the 2B anchors.
+
+    Across processes, ``z1``, ``z2`` (b, D) are this process's anchors and ``z1_all``, ``z2_all``
+    (B, D) every process's projections (``sslnb.dist.gather_with_grad``), in which this process's rows
+    start at ``first``; the loss is then the mean over the local 2b anchors, with all 2B - 2 negatives.
     """
-    z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2B, D)
-    n = z1.shape[0]
-    sim = z @ z.T / temperature  # (2B, 2B)
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    z1_all = z1 if z1_all is None else z1_all
+    z2_all = z2 if z2_all is None else z2_all
+    b, n = len(z1), len(z1_all)
+    anchors = F.normalize(torch.cat([z1, z2]), dim=1)  # (2b, D)
+    candidates = F.normalize(torch.cat([z1_all, z2_all]), dim=1)  # (2B, D)
+    sim = anchors @ candidates.T / temperature  # (2b, 2B)
+    own = torch.arange(first, first + b, device=z1.device)
+    self_col = torch.cat([own, n + own])  # each anchor's own column
+    is_self = torch.zeros_like(sim, dtype=torch.bool)
+    is_self[torch.arange(2 * b, device=z1.device), self_col] = True
+    sim = sim.masked_fill(is_self, float("-inf"))
+    positives = torch.cat([n + own, own])
     return F.cross_entropy(sim, positives)
 
 
-def nt_xent_seed(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent_seed(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
+                 z1_all: torch.Tensor | None = None, z2_all: torch.Tensor | None = None,
+                 first: int = 0) -> torch.Tensor:
     """The seed's SimCLR loss (seed-protocol 3b), which is *not* the standard NT-Xent.
 
     ``z1``, ``z2`` (B, D) are l2-normalised and ``S = z1 z2^T`` holds the B x B cross-view cosines. The
@@ -51,11 +65,21 @@ def nt_xent_seed(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     off-diagonal logit is a *sum* of two cross-view cosines, ``cos(z1_i, z2_j) + cos(z1_j, z2_i)``, in
     [-2, 2]. Returns the cross-entropy of ``L / temperature`` against the diagonal, averaged over the B
     rows: B - 1 negatives per anchor and no same-view negatives (the standard form has 2B - 2).
+
+    Across processes, ``z1``, ``z2`` (b, D) are this process's rows of ``L`` and ``z1_all``, ``z2_all``
+    (B, D) every process's projections, in which this process's rows start at ``first``; the result is
+    the mean over the local b rows.
     """
+    z1_all = z1 if z1_all is None else z1_all
+    z2_all = z2 if z2_all is None else z2_all
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    s = z1 @ z2.T  # (B, B)
-    logits = (s + s.T - torch.diag_embed(s.diagonal())) / temperature
-    return F.cross_entropy(logits, torch.arange(len(z1), device=z1.device))
+    z1_all, z2_all = F.normalize(z1_all, dim=1), F.normalize(z2_all, dim=1)
+    b = len(z1)
+    rows = torch.arange(b, device=z1.device)
+    own = rows + first
+    logits = z1 @ z2_all.T + z2 @ z1_all.T  # (b, B): S[i, j] + S[j, i]
+    logits = logits.index_put((rows, own), -(z1 * z2).sum(1), accumulate=True)  # diagonal: S[i, i] once
+    return F.cross_entropy(logits / temperature, own)
 
 
 def insdis_softmax(f: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The one training entry point: ``python -m sslnb.train --method byol --preset cpu --run-dir runs/NAME``.
 
-It trains on the CPU or one GPU, writes the run directory described in ``sslnb.runs`` and resumes an
-interrupted run from it. The loop is the seed's: SGD with the learning rate set at the start of every
+It trains on the CPU, one GPU, or N processes under ``torchrun --nproc_per_node=N -m sslnb.train ...``
+(``sslnb.dist``: each process takes an equal share of every global batch; rank 0 writes the run
+directory), writes the run directory described in ``sslnb.runs`` and resumes an interrupted run from it. The loop is the seed's: SGD with the learning rate set at the start of every
 epoch, one optimiser step per batch, the method's ``after_step`` (EMA, memory bank) after it, then a
 kNN evaluation and an atomic checkpoint at the end of every epoch.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import dist
 from .augment import BatchAugment
 from .config import Config, ConfigError, field_names, parse_value
 from .data import DatasetUnavailable, ImageData, load_dataset
@@ -59,7 +62,9 @@ def apply_performance_options(method, cfg: Config, device: torch.device):
     if use_channels_last(cfg, device):
         method = method.to(memory_format=torch.channels_last)
     method.bf16 = use_bf16(cfg, device)
-    forward = torch.compile(method) if cfg.compile else method
+    forward = dist.wrap(method)  # DistributedDataParallel under several processes
+    if cfg.compile:
+        forward = torch.compile(forward)
     return method, forward
 
 
@@ -78,7 +83,10 @@ def train_step(method, forward, opt, views, y, idx, progress: float):
 
 
 def batches_per_epoch(n: int, cfg: Config) -> int:
-    """The seed kept the last, smaller batch (drop_last=False); we drop it only if BN cannot use it."""
+    """The seed kept the last, smaller batch (drop_last=False); we drop it only if BN cannot use it,
+    or if several processes would have to split it unevenly."""
+    if cfg.world_size > 1:
+        return n // cfg.batch_size
     return n // cfg.batch_size + (n % cfg.batch_size >= 2 * cfg.bn_groups)
 
 
@@ -148,36 +156,48 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_config(run_dir, cfg)
-    device = resolve_device(cfg.device)
+    device = dist.init(cfg.device)
+    world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
+    if world != cfg.world_size:
+        raise ConfigError(f"world_size={cfg.world_size} but {world} processes were started; "
+                          f"use torchrun --nproc_per_node={cfg.world_size} (or --world-size {world})")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _check_same_config(run_dir, cfg)
+    dist.barrier()
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.train_size)
     torch.manual_seed(cfg.seed)
-    method = build_method(cfg, data.num_classes, len(data.train)).to(device)
+    method = build_method(cfg, data.num_classes, len(data.train))
+    method = dist.configure_batchnorm(method, cfg.dist_bn, cfg.bn_groups).to(device)
     opt = build_optimizer(cfg, method.trainable_parameters())
-    method, forward = apply_performance_options(method, cfg, device)
-    channels_last = use_channels_last(cfg, device)
     metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
-    prov = provenance(device)
+    prov = {**provenance(device), "world_size": world, "dist_bn": cfg.dist_bn,
+            "bn_batch": dist.bn_batch(cfg.batch_size, cfg.bn_groups, cfg.dist_bn, world)}
     start_epoch, step, wall = 0, 0, 0.0
-    if ckpt_path.exists():
+    if ckpt_path.exists():  # every process reads rank 0's checkpoint
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start_epoch, step, wall = state["epoch"], state["step"], state["wall_s"]
-        with open(metrics_path, "r+") as f:  # drop records written after the checkpoint
-            f.truncate(state["metrics_bytes"])
+        if main:
+            with open(metrics_path, "r+") as f:  # drop records written after the checkpoint
+                f.truncate(state["metrics_bytes"])
         prov["resumed_at_epoch"] = start_epoch
-    else:
+    elif main:
         with open(metrics_path, "w") as f:  # epoch 0: the randomly initialised network
             f.write(json.dumps({"kind": "epoch", "epoch": 0, **evaluate_epoch(method, data, cfg, device)}) + "\n")
-    write_json_atomic(run_dir / "provenance.json", prov)
+    dist.broadcast_state(method)  # identical start on every process, whatever their RNGs did
+    method, forward = apply_performance_options(method, cfg, device)
+    channels_last = use_channels_last(cfg, device)
+    if main:
+        write_json_atomic(run_dir / "provenance.json", prov)
 
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     augment = BatchAugment(cfg.augment, cfg.image_size)
     n, bs = len(train_y), cfg.batch_size
     n_batches = batches_per_epoch(n, cfg)
     total = cfg.epochs * n_batches
+    progress = progress and main
     bar = tqdm(total=total, initial=step, desc=run_dir.name, disable=not progress, unit="step",
                dynamic_ncols=True, mininterval=1.0)
     method.train()
@@ -186,10 +206,10 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
         lr = learning_rate(cfg, epoch)
         set_learning_rate(opt, lr)
         order = torch.randperm(n, generator=_generator(torch.device("cpu"), cfg.seed, epoch, 0)).to(device)
-        g_aug = _generator(device, cfg.seed, epoch, 1)
+        g_aug = _generator(device, cfg.seed, epoch, 1, *([rank] if world > 1 else []))
         logs: dict[str, list] = {}
         for b in range(n_batches):
-            idx = order[b * bs:(b + 1) * bs]
+            idx = order[b * bs:(b + 1) * bs].chunk(world)[rank]  # this process's share, in rank order
             x = train_x[idx].float().div_(255)
             views = [to_memory_format(data.normalize(augment(x, g_aug)), channels_last)
                      for _ in range(method.n_views)]
@@ -202,10 +222,13 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}",
                                 img_s=f"{(b + 1) * bs / (time.perf_counter() - t0):.0f}")
         epoch_time = time.perf_counter() - t0
-        values = {k: torch.stack(v).float().cpu().tolist() for k, v in logs.items()}
+        values = {k: dist.mean(torch.stack(v).float()).cpu().tolist() for k, v in logs.items()}
         if not all(math.isfinite(v) for v in values["loss"]):
             raise FloatingPointError(f"{run_dir.name}: the loss became non-finite in epoch {epoch + 1}; "
                                      f"lower --lr (now {cfg.lr})")
+        if not main:  # rank 0 evaluates and writes; the others wait for it
+            dist.barrier()
+            continue
         with open(metrics_path, "a") as f:
             first = step - n_batches + 1
             for i, loss_value in enumerate(values["loss"]):
@@ -223,10 +246,12 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
         if progress:
             bar.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}, kNN {record['knn']:.1f}%, "
                       f"z_std {record['z_std']:.3f} (1/sqrt(d) = {record['z_std_ref']:.3f})")
+        dist.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
     bar.close()
-    finish(method, data, cfg, device, run_dir, wall, prov)
+    if main:
+        finish(method, data, cfg, device, run_dir, wall, prov)
     return run_dir
 
 
@@ -294,21 +319,30 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config.from_preset(args.preset, method, **overrides)
 
 
+@dist.record
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run_dir = args.run_dir
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun, only the first process prints
     try:
         cfg = config_from_args(args)
+        if dist.launched() and args.world_size is None and not args.config:
+            cfg = cfg.replace(world_size=int(os.environ["WORLD_SIZE"]))
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.run_root) / run_name(cfg)
         train(cfg, run_dir, progress=not args.quiet)
     except (ConfigError, DatasetUnavailable, FloatingPointError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        if first:
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume from {run_dir}", file=sys.stderr)
+        if first:
+            print(f"\ninterrupted: run the same command again to resume from {run_dir}", file=sys.stderr)
         return 130
-    print(f"run directory: {run_dir}")
+    finally:
+        dist.close()
+    if first:
+        print(f"run directory: {run_dir}")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import dist
 from ..config import Config
 from ..losses import insdis_nce, insdis_softmax, nce_normaliser
 from ..memory_bank import MemoryBank
@@ -55,15 +56,16 @@ class InsDis(nn.Module):
         if self.cfg.insdis_loss == "nce":
             neg = torch.randint(len(bank), (len(f), self.cfg.nce_k), device=f.device)
             if self.nce_z <= 0:
-                self.nce_z.fill_(nce_normaliser(f, bank, neg, self.cfg.temperature))
+                self.nce_z.fill_(dist.mean(nce_normaliser(f, bank, neg, self.cfg.temperature)))
             loss = insdis_nce(f, bank, idx, neg, self.cfg.temperature, self.nce_z)
         else:
             loss = insdis_softmax(f, bank, idx, self.cfg.temperature)
-        self._pending = (idx, f.detach())  # the bank is updated after the step, as in the seed
+        self._pending = (idx, f.detach().float())  # the bank is updated after the step, as in the seed
         return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        if self._pending is not None:
-            self.bank.update(*self._pending)
+        if self._pending is not None:  # every process applies every process's rows: banks stay equal
+            idx, f = self._pending
+            self.bank.update(dist.gather(idx), dist.gather(f))
             self._pending = None

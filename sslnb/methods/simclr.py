@@ -1,7 +1,9 @@
 """SimCLR (Chen et al., 2020): two views, one network, NT-Xent over the batch.
 
 ``simclr_loss`` picks the seed's variant (``nt_xent_seed``: B - 1 cross-view negatives, each logit a
-sum of two cosines) or the paper's (``nt_xent``: 2B - 2 negatives, same-view ones included).
+sum of two cosines) or the paper's (``nt_xent``: 2B - 2 negatives, same-view ones included). Under
+several processes the negatives come from the whole global batch (``simclr_gather = global``), as in
+the seed's one-process DataParallel loss.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import dist
 from ..config import Config
 from ..losses import nt_xent, nt_xent_seed
 from ..models import MLP, Encoder, backbone_from_config
@@ -38,7 +41,11 @@ class SimCLR(nn.Module):
     def forward(self, views, y=None, idx=None):
         z1, z2 = (self.encoder(v)[1] for v in views)
         loss_fn = nt_xent_seed if self.cfg.simclr_loss == "seed" else nt_xent
-        loss = loss_fn(z1, z2, self.cfg.temperature)
+        if self.cfg.simclr_gather == "global":  # negatives from every process, gradients sent back
+            loss = loss_fn(z1, z2, self.cfg.temperature, dist.gather_with_grad(z1), dist.gather_with_grad(z2),
+                           first=dist.rank() * len(z1))
+        else:
+            loss = loss_fn(z1, z2, self.cfg.temperature)
         return loss, {"loss": loss.detach()}
 
     def after_step(self, progress: float) -> None:
