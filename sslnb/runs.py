@@ -108,6 +108,7 @@ def provenance(device) -> dict:
 
     return {"git_commit": git_commit(), "python": platform.python_version(), "torch": torch.__version__,
             "device": str(device), "device_name": device_name(device), "host": platform.node(),
+            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -227,35 +228,8 @@ def _steps_done(path: Path) -> int:
 
 
 def _train_in_subprocesses(missing, jobs: int, progress: bool) -> None:
-    """Train (config, path) pairs with ``python -m sslnb.train`` subprocesses, ``jobs`` at a time."""
-    from tqdm.auto import tqdm
+    """Train (config, path) pairs with ``python -m sslnb.train`` subprocesses, ``jobs`` at a time, one
+    CPU thread each (``sslnb.schedule`` shares devices the same way on a GPU box)."""
+    from .schedule import train_concurrently
 
-    from .train import steps_per_epoch
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    queue, running, bars = list(missing), [], {}
-    total = tqdm(total=len(missing), desc="runs", unit="run", disable=not progress, position=0)
-    while queue or running:
-        while queue and len(running) < jobs:
-            cfg, path = queue.pop(0)
-            path.mkdir(parents=True, exist_ok=True)
-            if not (path / "config.json").exists():
-                write_json_atomic(path / "config.json", cfg.to_dict())
-            log = open(path / "train.log", "a")
-            args = [sys.executable, "-m", "sslnb.train", "--quiet", "--run-dir", str(path),
-                    "--config", str(path / "config.json")]
-            running.append((subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env), path, log))
-            bars[path] = tqdm(total=cfg.epochs * steps_per_epoch(cfg), desc=path.name[:40], unit="step",
-                              disable=not progress, position=len(bars) % jobs + 1, leave=False)
-        time.sleep(1.0)
-        for proc, path, log in list(running):
-            bar = bars[path]
-            bar.update(_steps_done(path) - bar.n)
-            if proc.poll() is not None:
-                log.close()
-                running.remove((proc, path, log))
-                bar.close()
-                total.update(1)
-                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {path}/train.log)"
-                total.write(f"{path.name}: {status}")
-    total.close()
+    train_concurrently(missing, [None] * jobs, progress=progress, threads=1)

@@ -24,14 +24,20 @@ def test_every_chapter_is_listed_in_the_toc_and_clean():
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
+    """The GPU-box batch command with two fake devices: trains every smoke run two at a time, executes
+    every chapter with papermill and builds the site (what `make paper GPUS=0,1` does at the paper
+    preset)."""
     tmp = tmp_path_factory.mktemp("book")
-    params = {"preset": "smoke", "run_root": str(tmp / "runs"), "devices": "cpu"}
-    outs = book.execute(params, stage_dir=tmp / "stage", timeout=600)
-    return tmp, outs
+    r = subprocess.run([sys.executable, "-m", "sslnb.schedule", "--preset", "smoke", "--gpus", "0,1", "--device",
+                        "cpu", "--run-root", str(tmp / "runs"), "--stage-dir", str(tmp / "stage"),
+                        "--out-dir", str(tmp), "--quiet"], capture_output=True, text=True, cwd=book.ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    outs = sorted((tmp / "stage" / "book").glob("[0-9][0-9]_*.ipynb"))
+    return tmp, outs, r.stdout
 
 
 def test_chapters_execute_with_smoke_preset(executed):
-    tmp, outs = executed
+    tmp, outs, _ = executed
     assert [o.name for o in outs] == [c.name for c in CHAPTERS]
     for out in outs:
         nb = nbformat.read(out, as_version=4)
@@ -44,13 +50,34 @@ def test_chapters_execute_with_smoke_preset(executed):
 
 
 def test_book_builds_strictly_from_executed_chapters(executed):
-    tmp, _ = executed
-    index = book.build(stage_dir=tmp / "stage", out_dir=tmp, quiet=True)
+    tmp, _, _ = executed
     html = tmp / "_build" / "html"
-    assert index.exists()
+    assert (html / "index.html").exists()
     for nb_path in CHAPTERS:
         page = (html / "book" / f"{nb_path.stem}.html").read_text()
         assert "<img" in page and "Traceback" not in page
+
+
+def test_batch_command_trained_on_both_fake_devices_and_summarised(executed):
+    import json
+
+    from sslnb.experiments import all_runs
+    from sslnb.runs import find_runs
+
+    tmp, _, stdout = executed
+    runs = find_runs(tmp / "runs")
+    assert len(runs) == len(all_runs("smoke"))
+    assert {r.provenance["visible_devices"] for r in runs} == {"0", "1"}
+    events = [json.loads(line) for line in (tmp / "runs" / "schedule.jsonl").read_text().splitlines()]
+    busy = set()
+    for e in events:  # a device is never given to two runs at once
+        if e["event"] == "start":
+            assert not busy & set(e["devices"])
+            busy |= set(e["devices"])
+        else:
+            busy -= set(e["devices"])
+    table = stdout[stdout.index("| run | status"):]
+    assert table.count("| done |") == len(runs)
 
 
 def test_parameter_typo_is_refused_in_one_line(tmp_path):
