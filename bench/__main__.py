@@ -10,7 +10,9 @@ Tables (each can be chosen with ``--only``):
   same modules (the ratio should be at most 1.05: no framework overhead);
 - ``augment``: the batched ``aug+`` pipeline against torchvision's per-image transforms in a DataLoader
   with one worker per core, two 32x32 views per image;
-- ``budget``: the cpu preset's ``make book`` training time by chapter, read from the run directories.
+- ``budget``: the cpu preset's ``make book`` training time by chapter, read from the run directories;
+- ``ddp``: one epoch of the cpu preset trained by one process against the same epoch by N processes
+  under torchrun (N = the cores on a CPU, one thread each; N = the GPUs on a GPU box).
 
 No test asserts any of these times; they are measurements for people.
 """
@@ -306,6 +308,35 @@ def bench_budget(run_root: Path) -> None:
                 "chapters is counted in the first)")
 
 
+def bench_ddp(device, quick: bool) -> None:
+    import json
+    import subprocess
+    import tempfile
+
+    n = torch.cuda.device_count() if device.type == "cuda" else (os.cpu_count() or 2)
+    if n < 2:
+        print("\n## DDP: skipped (one device)")
+        return
+    rows = []
+    for method in ("simclr", "byol") if not quick else ("simclr",):
+        flags = ["-m", "sslnb.train", "--preset", "cpu", "--method", method, "--epochs", "1", "--probe", "none",
+                 "--lr-milestones", "", "--device", device.type, "--quiet"]
+        base = None
+        for procs in (1, n):
+            with tempfile.TemporaryDirectory() as tmp:
+                env = {**os.environ, "OMP_NUM_THREADS": str(1 if procs > 1 and device.type == "cpu" else n)}
+                launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
+                            if procs > 1 else [sys.executable])
+                subprocess.run(launcher + flags + ["--run-dir", f"{tmp}/run"], env=env, check=True, cwd=ROOT,
+                               capture_output=True)
+                epoch = [json.loads(line) for line in open(f"{tmp}/run/metrics.jsonl")
+                         if '"kind": "epoch"' in line][-1]
+            base = base or epoch["epoch_s"]
+            rows.append({"method": method, "processes": procs, "threads each": env["OMP_NUM_THREADS"],
+                         "epoch s": epoch["epoch_s"], "img/s": epoch["img_per_s"], "vs one process": base / epoch["epoch_s"]})
+    table(rows, f"One epoch of the cpu preset (batch 64, digits): one process against {n} under torchrun")
+
+
 def device_label(device: torch.device) -> str:
     from sslnb.runs import device_name
 
@@ -315,7 +346,7 @@ def device_label(device: torch.device) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
-    p.add_argument("--only", default="throughput,bare,augment,budget")
+    p.add_argument("--only", default="throughput,bare,augment,budget,ddp")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller CPU batches")
     p.add_argument("--run-root", default=str(ROOT / "runs"))
     args = p.parse_args(argv)
@@ -332,6 +363,8 @@ def main(argv=None) -> int:
         bench_augment(device, args.quick)
     if "budget" in only:
         bench_budget(Path(args.run_root))
+    if "ddp" in only:
+        bench_ddp(device, args.quick)
     return 0
 
 

@@ -65,28 +65,55 @@ def hide_injected_parameters(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600,
-            stage_dir: Path = STAGE) -> list[Path]:
-    """Execute every chapter (or those named in ``only``) into ``stage_dir/book``."""
+def _execute_one(nb: Path, out: Path, parameters: dict, timeout: int) -> str | None:
+    """Execute one chapter; returns a one-line error or None. (Top level: runs in a worker process.)"""
     import papermill as pm
+
+    try:
+        pm.execute_notebook(str(nb), str(out), parameters=parameters, kernel_name="python3",
+                            cwd=str(BOOK), progress_bar=False, execution_timeout=timeout)
+    except pm.PapermillExecutionError as e:
+        return f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (the executed notebook is {out})"
+    hide_injected_parameters(out)
+    return None
+
+
+def _all_trained(selected: list[Path], parameters: dict) -> bool:
+    from .experiments import CHAPTERS, chapter_runs
+    from .runs import run_name
+
+    root = Path(parameters.get("run_root", "runs"))
+    for nb in selected:
+        if nb.stem not in CHAPTERS:
+            return False
+        configs = chapter_runs(nb.stem, parameters.get("preset", "cpu"), parameters.get("dataset"))
+        if not all((root / run_name(c) / "result.json").exists() for c in configs.values()):
+            return False
+    return True
+
+
+def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600,
+            stage_dir: Path = STAGE, jobs: int = 2) -> list[Path]:
+    """Execute every chapter (or those named in ``only``) into ``stage_dir/book``, ``jobs`` at a time
+    (a chapter mostly waits on one thread: t-SNE, plotting; two use a 2-core laptop's cores)."""
+    from concurrent.futures import ProcessPoolExecutor
 
     selected = [nb for nb in chapters() if not only or nb.stem in only]
     for nb in selected:  # refuse a typo before anything runs
         check_parameters(nb, parameters)
+    if jobs > 1 and not _all_trained(selected, parameters):
+        jobs = 1  # chapters would train their missing runs themselves: never two in one run directory
     stage(stage_dir)
-    done = []
-    for nb in selected:
-        out = stage_dir / "book" / nb.name
-        print(f"executing {nb.name} with {parameters}", flush=True)
-        try:
-            pm.execute_notebook(str(nb), str(out), parameters=parameters, kernel_name="python3",
-                                cwd=str(BOOK), progress_bar=False, execution_timeout=timeout)
-        except pm.PapermillExecutionError as e:
-            raise BookError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
-                            f"(the executed notebook is {out})") from None
-        hide_injected_parameters(out)
-        done.append(out)
-    return done
+    outs = [stage_dir / "book" / nb.name for nb in selected]
+    print(f"executing {len(selected)} chapters with {parameters}, {jobs} at a time", flush=True)
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(_execute_one, nb, out, parameters, timeout) for nb, out in zip(selected, outs)]
+        for nb, future in zip(selected, futures):
+            error = future.result()
+            if error:
+                raise BookError(error)
+            print(f"  {nb.name} done", flush=True)
+    return outs
 
 
 def build(strict: bool = True, stage_dir: Path = STAGE, out_dir: Path = ROOT, quiet: bool = False) -> Path:
