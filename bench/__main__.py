@@ -11,6 +11,9 @@ Tables (each can be chosen with ``--only``):
 - ``augment``: the batched ``aug+`` pipeline against torchvision's per-image transforms in a DataLoader
   with one worker per core, two 32x32 views per image;
 - ``budget``: the cpu preset's ``make book`` training time by chapter, read from the run directories;
+- ``tsne``: ``sslnb.tsne.tsne_fast`` against ``sklearn.manifold.TSNE`` with its defaults on 10,000
+  feature vectors of 512 dimensions (an untrained ResNet-18's last-conv features of augmented digits),
+  time and trustworthiness (scikit-learn's, 5 neighbours) side by side;
 - ``ddp``: one epoch of the cpu preset trained by one process against the same epoch by N processes
   under torchrun (N = the cores on a CPU, one thread each; N = the GPUs on a GPU box).
 
@@ -308,6 +311,42 @@ def bench_budget(run_root: Path) -> None:
                 "chapters is counted in the first)")
 
 
+def tsne_features(n: int):
+    """(n, 512) last-conv features of an untrained CIFAR ResNet-18 (width 64) on augmented digits."""
+    from sslnb.data import load_dataset
+
+    torch.manual_seed(0)
+    cfg = Config.from_preset("cpu", "byol", width=64)
+    data = load_dataset("digits", download=False)
+    method = build_method(cfg, data.num_classes, len(data.train)).eval()
+    augment, g = BatchAugment("normal", cfg.image_size), torch.Generator().manual_seed(0)
+    out = []
+    with torch.no_grad():
+        while sum(len(o) for o in out) < n:
+            x = data.train.x[torch.randint(len(data.train), (500,), generator=g)].float().div_(255)
+            out.append(method.embed(data.normalize(augment(x, g)))[0])
+    return torch.cat(out)[:n].numpy()
+
+
+def bench_tsne(quick: bool) -> None:
+    from sklearn.manifold import TSNE, trustworthiness
+
+    from sslnb.tsne import tsne_fast
+
+    n = 3000 if quick else 10000
+    x = tsne_features(n)
+    rows = []
+    for name, fn in [("sslnb.tsne.tsne_fast", lambda: tsne_fast(x)),
+                     ("sklearn TSNE (defaults)", lambda: TSNE(random_state=0).fit_transform(x))]:
+        t0 = time.perf_counter()
+        emb = fn()
+        seconds = time.perf_counter() - t0
+        rows.append({"t-SNE": name, "points": n, "seconds": seconds, "trustworthiness": f"{trustworthiness(x, emb):.4f}"})
+    rows[0]["speed-up"] = rows[1]["seconds"] / rows[0]["seconds"]
+    rows[1]["speed-up"] = 1.0
+    table(rows, f"t-SNE of {n} x 512 features, {torch.get_num_threads()} threads")
+
+
 def bench_ddp(device, quick: bool) -> None:
     import json
     import subprocess
@@ -346,7 +385,7 @@ def device_label(device: torch.device) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
-    p.add_argument("--only", default="throughput,bare,augment,budget,ddp")
+    p.add_argument("--only", default="throughput,bare,augment,budget,tsne,ddp")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller CPU batches")
     p.add_argument("--run-root", default=str(ROOT / "runs"))
     args = p.parse_args(argv)
@@ -363,6 +402,8 @@ def main(argv=None) -> int:
         bench_augment(device, args.quick)
     if "budget" in only:
         bench_budget(Path(args.run_root))
+    if "tsne" in only:
+        bench_tsne(args.quick)
     if "ddp" in only:
         bench_ddp(device, args.quick)
     return 0

@@ -63,7 +63,8 @@ def tsne_embedding(features: np.ndarray, cache: Path | None = None, perplexity: 
                    seed: int = 0) -> np.ndarray:
     """2-D t-SNE of ``features`` (N, D) -> (N, 2), with the TensorBoard projector's perplexity 25 and
     cosine metric (the seed's figures came from the projector); cached in ``cache`` if given.
-    Up to 3,000 points use the exact dense implementation in :mod:`sslnb.tsne`, more use scikit-learn."""
+    Up to 3,000 points use the exact dense implementation in :mod:`sslnb.tsne`, more the grid-accelerated
+    one (:func:`sslnb.tsne.tsne_fast`; ``python -m bench --only tsne`` compares it with scikit-learn)."""
     if cache is not None and cache.exists():
         return np.load(cache)
     if len(features) <= 3000:
@@ -71,10 +72,9 @@ def tsne_embedding(features: np.ndarray, cache: Path | None = None, perplexity: 
 
         emb = tsne(features, perplexity=perplexity, seed=seed)
     else:
-        from sklearn.manifold import TSNE
+        from .tsne import tsne_fast
 
-        emb = TSNE(2, perplexity=perplexity, metric="cosine", init="pca",
-                   random_state=seed).fit_transform(features.astype(np.float32))
+        emb = tsne_fast(features, perplexity=perplexity, seed=seed, metric="cosine", threads=1)
     if cache is not None:
         np.save(cache, emb)
     return emb
