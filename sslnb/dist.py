@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 
 import torch
 import torch.distributed as dist
@@ -114,9 +113,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad):
         # Every rank's loss used every rank's rows: the gradient of the sum of the ranks' losses
         # with respect to this rank's rows is the sum of the gradients the ranks computed for them.
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        return grad.chunk(dist.get_world_size())[dist.get_rank()]
+        return _AllReduceWithGrad.backward(ctx, grad).chunk(dist.get_world_size())[dist.get_rank()]
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

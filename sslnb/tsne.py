@@ -17,23 +17,28 @@ import torch
 import torch.nn.functional as F
 
 
-def _affinities(d: torch.Tensor, perplexity: float, iters: int = 64) -> torch.Tensor:
-    """Symmetric joint probabilities P (N, N) from distances ``d`` (N, N), each row's conditional
-    distribution calibrated by bisection on its precision to entropy log(perplexity)."""
-    n = d.shape[0]
+def _calibrate(d: torch.Tensor, perplexity: float, beta: torch.Tensor, iters: int = 64) -> torch.Tensor:
+    """Rows ``softmax(-d * beta)`` (``d`` (N, M), ``inf`` for excluded entries), each row's precision
+    ``beta`` (N, 1, the starting value) found by bisection so that its entropy is log(perplexity)."""
     target = np.log(perplexity)
-    lo = torch.full((n, 1), 1e-20, dtype=d.dtype)
-    hi = torch.full((n, 1), 1e20, dtype=d.dtype)
-    beta = torch.ones(n, 1, dtype=d.dtype)
-    eye = torch.eye(n, dtype=torch.bool)
+    lo = torch.full_like(beta, 1e-20)
+    hi = torch.full_like(beta, 1e20)
     for _ in range(iters):
-        logits = (-d * beta).masked_fill(eye, -float("inf"))
-        p = logits.softmax(dim=1)
+        p = (-d * beta).softmax(dim=1)
         entropy = -(p * p.clamp_min(1e-30).log()).sum(1, keepdim=True)
         too_flat = entropy > target  # raise the precision
         lo = torch.where(too_flat, beta, lo)
         hi = torch.where(too_flat, hi, beta)
         beta = torch.where(hi >= 1e19, beta * 2, (lo + hi) / 2)
+    return p
+
+
+def _affinities(d: torch.Tensor, perplexity: float, iters: int = 64) -> torch.Tensor:
+    """Symmetric joint probabilities P (N, N) from distances ``d`` (N, N), each row's conditional
+    distribution calibrated by bisection on its precision to entropy log(perplexity)."""
+    n = d.shape[0]
+    d = d.masked_fill(torch.eye(n, dtype=torch.bool), float("inf"))
+    p = _calibrate(d, perplexity, torch.ones(n, 1, dtype=d.dtype), iters)
     p = (p + p.T) / (2 * n)
     return p.clamp_min(1e-12)
 
@@ -107,16 +112,8 @@ def _knn_affinities(x: torch.Tensor, perplexity: float, metric: str) -> tuple[to
         dists.append(v)
         cols.append(i)
     d, cols = torch.cat(dists).double(), torch.cat(cols)
-    target = np.log(perplexity)
-    lo, hi = torch.full((n, 1), 1e-20, dtype=d.dtype), torch.full((n, 1), 1e20, dtype=d.dtype)
-    beta = torch.ones(n, 1, dtype=d.dtype) / d.mean(1, keepdim=True).clamp_min(1e-12)
-    for _ in range(64):
-        p = (-(d - d[:, :1]) * beta).softmax(dim=1)
-        entropy = -(p * p.clamp_min(1e-30).log()).sum(1, keepdim=True)
-        too_flat = entropy > target
-        lo = torch.where(too_flat, beta, lo)
-        hi = torch.where(too_flat, hi, beta)
-        beta = torch.where(hi >= 1e19, beta * 2, (lo + hi) / 2)
+    beta = 1 / d.mean(1, keepdim=True).clamp_min(1e-12)
+    p = _calibrate(d - d[:, :1], perplexity, beta)  # shifted by the nearest distance: same softmax, no underflow
     return cols, p.float()
 
 
