@@ -56,7 +56,9 @@ def metric_curves(runs: list[Run], metric: str = "knn", labels=None, ax=None, re
 
 
 # How many test points the t-SNE pictures use per preset (the seed used all 10,000 CIFAR test images).
-TSNE_POINTS = {"smoke": 300, "cpu": 1000, "paper": 10000}
+# The chapters' figures and the explorers share these embeddings (one cache file per run and layer).
+TSNE_POINTS = {"smoke": 300, "cpu": 600, "paper": 10000}
+LAYER_NAMES = {"z": "FC (projection output)", "h": "last conv (pooled backbone)"}
 
 
 def tsne_embedding(features: np.ndarray, cache: Path | None = None, perplexity: float = 25.0,
@@ -64,42 +66,117 @@ def tsne_embedding(features: np.ndarray, cache: Path | None = None, perplexity: 
     """2-D t-SNE of ``features`` (N, D) -> (N, 2), with the TensorBoard projector's perplexity 25 and
     cosine metric (the seed's figures came from the projector); cached in ``cache`` if given.
     Up to 3,000 points use the exact dense implementation in :mod:`sslnb.tsne`, more the grid-accelerated
-    one (:func:`sslnb.tsne.tsne_fast`; ``python -m bench --only tsne`` compares it with scikit-learn)."""
-    if cache is not None and cache.exists():
-        return np.load(cache)
-    if len(features) <= 3000:
-        from .tsne import tsne
+    one (:func:`sslnb.tsne.tsne_fast`; ``python -m bench --only tsne`` compares it with scikit-learn).
+    Two processes asking for the same cache (two chapters executing at once) compute it once: the
+    second waits on a lock file and reads the first one's result."""
+    if cache is None:
+        return _tsne(features, perplexity, seed)
+    import fcntl
 
-        emb = tsne(features, perplexity=perplexity, seed=seed)
-    else:
-        from .tsne import tsne_fast
-
-        emb = tsne_fast(features, perplexity=perplexity, seed=seed, metric="cosine", threads=1)
-    if cache is not None:
-        np.save(cache, emb)
+    with open(cache.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cache.exists():
+            return np.load(cache)
+        emb = _tsne(features, perplexity, seed)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, emb)
+        tmp.replace(cache)
     return emb
 
 
-def tsne_panels(run: Run, layers=("z", "h"), max_points: int | None = None, axes=None, title: str = ""):
-    """t-SNE of one run's test features: FC (projection ``z``) beside last conv (``h``), by class.
-    ``max_points`` defaults to the run's preset entry in ``TSNE_POINTS``."""
-    import matplotlib.pyplot as plt
+def _tsne(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
+    if len(features) <= 3000:
+        from .tsne import tsne
 
+        return tsne(features, perplexity=perplexity, seed=seed)
+    from .tsne import tsne_fast
+
+    return tsne_fast(features, perplexity=perplexity, seed=seed, metric="cosine", threads=1)
+
+
+def run_tsne(run: Run, layer: str = "h", max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(embedding (N, 2), labels (N,)) of the first ``max_points`` test features of one run's ``layer``
+    (``z`` FC, ``h`` last conv); ``max_points`` defaults to the run's preset entry in ``TSNE_POINTS``."""
     max_points = max_points or TSNE_POINTS.get(run.config.preset, 10000)
     feats = run.features()
-    names = {"z": "FC (projection output)", "h": "last conv (pooled backbone)"}
+    n = min(max_points, len(feats["y"]))
+    emb = tsne_embedding(feats[layer][:n], run.path / f"tsne_{layer}_{max_points}.npy")
+    return emb, feats["y"][:n]
+
+
+def class_colours(n_classes: int):
+    """The colour map the t-SNE pictures use: tab10 up to 10 classes, a spectrum above."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10" if n_classes <= 10 else "nipy_spectral"].resampled(max(n_classes, 2))
+
+
+def tsne_scatter(ax, emb: np.ndarray, y: np.ndarray, n_classes: int, highlight: int | None = None,
+                 title: str = "") -> None:
+    """One t-SNE picture coloured by class; with ``highlight``, that class in colour and the rest grey."""
+    colours = class_colours(n_classes)(y % max(n_classes, 2))
+    if highlight is not None:
+        mine = y == highlight
+        ax.scatter(emb[~mine, 0], emb[~mine, 1], c="0.85", s=3, linewidths=0)
+        ax.scatter(emb[mine, 0], emb[mine, 1], c=colours[mine], s=6, linewidths=0)
+    else:
+        ax.scatter(emb[:, 0], emb[:, 1], c=colours, s=4, linewidths=0)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def tsne_panels(run: Run, layers=("z", "h"), max_points: int | None = None, axes=None, title: str = ""):
+    """t-SNE of one run's test features: FC (projection ``z``) beside last conv (``h``), by class."""
+    import matplotlib.pyplot as plt
+
     if axes is None:
         axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 4.5))[1]
     axes = np.atleast_1d(axes)
-    y = feats["y"][:max_points]
-    cmap = "tab10" if y.max() < 10 else "nipy_spectral"
     for ax, layer in zip(axes, layers):
-        emb = tsne_embedding(feats[layer][:max_points], run.path / f"tsne_{layer}_{max_points}.npy")
-        ax.scatter(emb[:, 0], emb[:, 1], c=y, cmap=cmap, s=4, linewidths=0)
-        ax.set_title(f"{title} {names[layer]}".strip(), fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        emb, y = run_tsne(run, layer, max_points)
+        tsne_scatter(ax, emb, y, int(y.max()) + 1, title=f"{title} {LAYER_NAMES[layer]}".strip())
     return axes
+
+
+# The metrics a curve can show: label for the y axis. Step records carry loss and lr; the rest are
+# measured once per epoch (epoch 0 = the random initialisation).
+CURVE_METRICS = {
+    "loss": "training loss",
+    "knn": "kNN accuracy, last conv (%)",
+    "knn_z": "kNN accuracy, projection (%)",
+    "z_std": "std of normalised z (collapse: towards 0)",
+    "eff_rank": "effective rank of z (collapse: towards 1)",
+    "lr": "learning rate",
+}
+
+
+def curves(ax, runs: dict[str, Run], metric: str = "loss", log: bool = False, smooth: int = 1,
+           x: str = "epoch") -> None:
+    """One metric of several runs ({label: Run}) against epochs or optimiser steps. Per-step series
+    (``loss``, ``lr``) are drawn as lines, smoothed with a ``smooth``-step moving average; per-epoch
+    metrics as markers. ``z_std`` gets the no-collapse reference 1/sqrt(dim) as a dashed line."""
+    for i, (label, run) in enumerate(runs.items()):
+        style = dict(color=f"C{i % 10}", ls="-" if i < 10 else "--", label=label)
+        steps = run.records("step")
+        per_epoch = max(1, sum(r["epoch"] == 1 for r in steps)) if steps else 1
+        sx, sy = run.metric(metric, "step")
+        if sx:
+            xs = np.array(sx, float) / (per_epoch if x == "epoch" else 1)
+            ax.plot(xs, _smooth(np.array(sy, float), smooth if metric == "loss" else 1), lw=1, **style)
+            continue
+        ex, ey = run.metric(metric)
+        if ex:
+            ax.plot(np.array(ex, float) * (per_epoch if x == "step" else 1), ey, marker="o", ms=3, lw=1, **style)
+    if metric == "z_std" and runs:
+        ref = next(iter(runs.values())).result.get("z_std_ref")
+        if ref:
+            ax.axhline(ref, color="grey", ls=":", lw=1, label="1/sqrt(dim): no collapse")
+    ax.set_yscale("log" if log else "linear")
+    ax.set_xlabel("epoch" if x == "epoch" else "optimiser step")
+    ax.set_ylabel(CURVE_METRICS.get(metric, metric))
+    if ax.lines:
+        ax.legend(fontsize=7, ncols=2 if len(ax.lines) > 6 else 1)
 
 
 def results_table(rows: list[dict]):

@@ -121,6 +121,7 @@ class Run:
     config: Config
     result: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    _parsed: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -131,17 +132,17 @@ class Run:
         return self.result.get("status") == "done"
 
     def records(self, kind: str = "epoch") -> list[dict]:
-        """The metrics records of one kind (``step`` or ``epoch``), in order."""
+        """The metrics records of one kind (``step`` or ``epoch``), in order (parsed once per file
+        version: plots ask for them many times)."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
-        out = []
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("kind") == kind:
-                    out.append(rec)
-        return out
+        stat = path.stat()
+        version = (stat.st_mtime_ns, stat.st_size)
+        if self._parsed.get("version") != version:
+            parsed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self._parsed = {"version": version, "records": parsed}
+        return [rec for rec in self._parsed["records"] if rec.get("kind") == kind]
 
     def metric(self, name: str, kind: str = "epoch") -> tuple[list, list]:
         """(x, values) of one metric; x is the epoch for epoch records, the step for step records."""

@@ -81,9 +81,9 @@ def _tsne(x, perplexity, n_iter, seed, metric):
     for it in range(n_iter):
         exaggeration, momentum = (12.0, 0.5) if it < 250 else (1.0, 0.8)
         sq = y.pow(2).sum(1)
-        w = 1.0 / (1.0 + (sq[:, None] + sq[None, :] - 2 * y @ y.T).clamp_min(0))  # Student-t kernel
-        w.fill_diagonal_(0)
-        a = (exaggeration * p - w / w.sum()) * w
+        w = torch.addmm(sq[:, None] + sq[None, :], y, y.T, alpha=-2)  # squared distances, in place below
+        w.clamp_min_(0).add_(1).reciprocal_().fill_diagonal_(0)  # Student-t kernel
+        a = torch.mul(p, exaggeration).sub_(w, alpha=1.0 / w.sum().item()).mul_(w)
         grad = 4 * (a.sum(1, keepdim=True) * y - a @ y)  # sum_j a_ij (y_i - y_j)
         same_sign = (grad > 0) == (update > 0)
         gains = torch.where(same_sign, gains * 0.8, gains + 0.2).clamp_min(0.01)
