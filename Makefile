@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed
 GPUS ?=
 GPUS_PER_RUN ?= 1
 
-.PHONY: book test runs execute site venv clean bench paper
+.PHONY: book test runs execute site venv clean bench paper vendor chromium publish
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,14 +34,32 @@ runs: $(STAMP)
 execute: runs
 	$(PY) -m sslnb.book execute --preset $(PRESET) --run-root $(RUN_ROOT) --data-root $(DATA_ROOT) --device $(DEVICE)
 
+# The site from the chapters already executed into _stage/ (by make book, make execute or make paper),
+# without training or executing anything.
 site: $(STAMP)
 	$(PY) -m sslnb.book build
+
+# Push the built site (_build/html) to the gh-pages branch: how a maintainer publishes the paper-preset
+# book from a GPU box (README, "Publishing the book").
+publish:
+	test -f _build/html/index.html || { echo "no built site: run make book, make paper or make site first"; exit 1; }
+	$(PY) -m pip install --quiet ghp-import==2.1.0
+	$(VENV)/bin/ghp-import --no-jekyll --push --force --message "book: $$(git rev-parse --short HEAD)" _build/html
 
 book: execute
 	$(PY) -m sslnb.book build
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# The site test (tests/test_site.py) drives a headless Chromium; install Debian's when none is there.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "$$CHROMIUM" ] || \
+	  [ "$$SSLNB_SKIP_BROWSER" = 1 ] || { command -v apt-get >/dev/null && \
+	  echo "installing Debian's chromium for the site test" && \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "no chromium: install one (or set CHROMIUM=/path/to/chrome, or SSLNB_SKIP_BROWSER=1)"; exit 1; }
 
 # A GPU box: every run of every chapter at the paper preset, one run per GPU at a time (torchrun across
 # GPUS_PER_RUN devices when > 1), then the chapters and the site; run it again to continue after a stop.
@@ -50,6 +68,10 @@ paper: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Refresh the vendored widget manager and MathJax in _vendor/ from npm (maintainers; needs npm).
+vendor:
+	_vendor/fetch.sh
 
 clean:
 	rm -rf _build _stage

@@ -48,6 +48,7 @@ def stage(stage_dir: Path = STAGE) -> None:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, stage_dir / name)
     ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc")
+    shutil.copytree(ROOT / "_vendor", stage_dir / "_vendor", ignore=shutil.ignore_patterns("fetch.sh", "README.md"))
     shutil.copytree(BOOK, stage_dir / "book", ignore=ignore)
     shutil.copytree(ROOT / "sslnb", stage_dir / "sslnb", ignore=ignore)
     (stage_dir / "bench").mkdir()
@@ -67,8 +68,11 @@ def hide_injected_parameters(path: Path) -> None:
 
 def _execute_one(nb: Path, out: Path, parameters: dict, timeout: int) -> str | None:
     """Execute one chapter; returns a one-line error or None. (Top level: runs in a worker process.)"""
+    import os
+
     import papermill as pm
 
+    os.environ["SSLNB_STATIC_WIDGETS"] = "1"  # the kernel inherits it: explorers pre-render for the site
     try:
         pm.execute_notebook(str(nb), str(out), parameters=parameters, kernel_name="python3",
                             cwd=str(BOOK), progress_bar=False, execution_timeout=timeout)

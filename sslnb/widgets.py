@@ -87,7 +87,7 @@ def _test_images(dataset: str, data_root: str):
     return data.test.x.numpy(), list(data.classes)
 
 
-def example_strip(images: np.ndarray, y: np.ndarray, cls: int | None, n: int = 10, scale: int = 2) -> bytes:
+def example_strip(images: np.ndarray, y: np.ndarray, cls: int | None, n: int = 10, scale: float = 1.25) -> bytes:
     """PNG of the first ``n`` test images of class ``cls`` (one of each class when None), side by side."""
     from PIL import Image
 
@@ -97,7 +97,7 @@ def example_strip(images: np.ndarray, y: np.ndarray, cls: int | None, n: int = 1
         idx = np.flatnonzero(y == cls)[:n].tolist()
     tiles = [np.pad(images[i].transpose(1, 2, 0), ((2, 2), (2, 2), (0, 0)), constant_values=255) for i in idx]
     strip = Image.fromarray(np.concatenate(tiles, axis=1))
-    strip = strip.resize((strip.width * scale, strip.height * scale), Image.NEAREST)
+    strip = strip.resize((round(strip.width * scale), round(strip.height * scale)), Image.NEAREST)
     buf = io.BytesIO()
     strip.save(buf, format="png")
     return buf.getvalue()

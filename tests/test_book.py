@@ -22,20 +22,6 @@ def test_every_chapter_is_listed_in_the_toc_and_clean():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs are not committed"
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    """The GPU-box batch command with two fake devices: trains every smoke run two at a time, executes
-    every chapter with papermill and builds the site (what `make paper GPUS=0,1` does at the paper
-    preset)."""
-    tmp = tmp_path_factory.mktemp("book")
-    r = subprocess.run([sys.executable, "-m", "sslnb.schedule", "--preset", "smoke", "--gpus", "0,1", "--device",
-                        "cpu", "--run-root", str(tmp / "runs"), "--stage-dir", str(tmp / "stage"),
-                        "--out-dir", str(tmp), "--quiet"], capture_output=True, text=True, cwd=book.ROOT)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    outs = sorted((tmp / "stage" / "book").glob("[0-9][0-9]_*.ipynb"))
-    return tmp, outs, r.stdout
-
-
 def test_chapters_execute_with_smoke_preset(executed):
     tmp, outs, _ = executed
     assert [o.name for o in outs] == [c.name for c in CHAPTERS]

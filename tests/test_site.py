@@ -1,0 +1,83 @@
+"""The built site in headless Chromium with no internet: every page in _toc.yml loads without JavaScript
+errors, error outputs or failed requests; each explorer's controls are there, and changing one changes
+the figure on screen. Screenshots go to _build/screenshots/ (or $SSLNB_SCREENSHOTS) for a person to look at.
+
+Chromium: `make test` installs Debian's package when it is missing (`make chromium`); elsewhere point
+$CHROMIUM at a Chrome or Chromium, or set SSLNB_SKIP_BROWSER=1 to skip these tests.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from browser import Browser, find_chromium
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["book/intro"] + re.findall(r"file:\s*(\S+)", (ROOT / "_toc.yml").read_text())
+NOTEBOOKS = [p for p in PAGES if (ROOT / f"{p}.ipynb").exists()]
+SHOTS = Path(os.environ.get("SSLNB_SCREENSHOTS", ROOT / "_build" / "screenshots"))
+
+# Widgets the explorers render (ipywidgets 8 class names in the HTML manager's DOM).
+VISIBLE_IMAGES = """Array.from(document.querySelectorAll('.widget-image'))
+    .filter(i => i.offsetParent !== null && i.getBoundingClientRect().width > 0).map(i => i.src).join('|')"""
+SELECTS = "document.querySelectorAll('.widget-dropdown select')"
+TOGGLES = "document.querySelectorAll('.widget-toggle-buttons button')"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if os.environ.get("SSLNB_SKIP_BROWSER") == "1":
+        pytest.skip("SSLNB_SKIP_BROWSER=1")
+    exe = find_chromium()
+    if exe is None:
+        pytest.fail("no chromium for the site test: run `make chromium` (Debian), set CHROMIUM=/path/to/chrome, "
+                    "or SSLNB_SKIP_BROWSER=1", pytrace=False)
+    b = Browser(exe)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def html(executed):
+    return executed[0] / "_build" / "html"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_loads_offline_without_errors(html, browser, page):
+    browser.goto((html / f"{page}.html").as_uri())
+    if page in NOTEBOOKS:  # the explorers render from the saved widget state
+        assert browser.wait_for(f"{SELECTS}.length >= 4", timeout=60), f"{page}: the explorers did not render"
+    browser.pump(1.0)
+    assert not browser.errors, f"{page}: " + "; ".join(browser.errors[:5])
+    assert browser.js("document.querySelectorAll('.output.error, .output.traceback').length") == 0
+    assert "Traceback (most recent call last)" not in browser.js("document.body.innerText")
+    if browser.js("document.querySelector('.math') !== null"):  # the vendored MathJax typeset the page
+        assert browser.wait_for("document.querySelectorAll('mjx-container').length > 0", timeout=20), page
+    browser.screenshot(SHOTS / f"{Path(page).name}.png")
+
+
+@pytest.mark.parametrize("page", NOTEBOOKS)
+def test_explorer_controls_switch_the_figure(html, browser, page):
+    browser.goto((html / f"{page}.html").as_uri())
+    assert browser.wait_for(f"{SELECTS}.length >= 4", timeout=60), f"{page}: the explorers did not render"
+    labels = browser.js(f"Array.from({TOGGLES}).map(b => b.textContent)")
+    assert {"linear", "log", "epoch", "step", "FC", "last conv"} <= set(labels), labels
+    assert browser.js("document.querySelectorAll('.widget-hslider, .widget-slider').length") >= 1  # smoothing
+    n_selects = browser.js(f"{SELECTS}.length")
+    for i in range(n_selects):  # curve metric, left run, right run, class
+        if browser.js(f"{SELECTS}[{i}].options.length") < 2:
+            continue
+        before = browser.js(VISIBLE_IMAGES)
+        browser.js(f"(() => {{ const s = {SELECTS}[{i}]; s.selectedIndex = (s.selectedIndex + 1) % s.options.length;"
+                   " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+        assert browser.wait_for(f"{VISIBLE_IMAGES} !== {before!r}", timeout=5), f"{page}: dropdown {i} changed nothing"
+    for label in ("log", "step", "FC"):
+        before = browser.js(VISIBLE_IMAGES)
+        browser.js(f"Array.from({TOGGLES}).find(b => b.textContent === {label!r}).click()")
+        assert browser.wait_for(f"{VISIBLE_IMAGES} !== {before!r}", timeout=5), f"{page}: {label!r} changed nothing"
+    assert not browser.errors, f"{page}: " + "; ".join(browser.errors[:5])
+    browser.js("document.querySelector('.widget-dropdown').scrollIntoView()")
+    browser.pump(0.5)
+    browser.screenshot(SHOTS / f"{Path(page).name}-explorers.png")
