@@ -5,8 +5,10 @@
 #   mathjax/                    MathJax 3 (tex-chtml, its woff-v2 fonts and the TeX extensions it autoloads)
 set -euo pipefail
 cd "$(dirname "$0")"
-# static/ is served as _static/; extra/ is copied into the site root (the widget manager loads its icon
-# fonts from @jupyter-widgets/html-manager/dist/ next to the page, and the chapters are in book/).
+# static/ is served as _static/; extra/ is copied into the site root. The widget manager loads its icon
+# fonts from the folder of the AMD module that asks for them, resolved against the page: either
+# @jupyter-widgets/ or @jupyter-widgets/html-manager/dist/ next to the page (the chapters are in book/).
+# Git stores the two identical copies once.
 HTML_MANAGER=1.0.6   # the version myst-nb's nb_ipywidgets_js default loads; it bundles ipywidgets 8 controls
 REQUIREJS=2.3.4
 MATHJAX=3.2.2
@@ -21,6 +23,7 @@ rm -rf static/mathjax static/licenses extra
 mkdir -p static/mathjax/output/chtml/fonts static/mathjax/input/tex "$fonts" static/licenses
 cp "$hm/dist/embed-amd.js" static/embed-amd.js
 cp "$hm"/dist/*.woff2 "$fonts"/
+cp "$hm"/dist/*.woff2 extra/book/@jupyter-widgets/
 cp "$tmp/requirejs-$REQUIREJS/package/require.js" static/require.js
 cp "$mj/es5/tex-chtml.js" static/mathjax/
 cp -r "$mj/es5/output/chtml/fonts/woff-v2" static/mathjax/output/chtml/fonts/

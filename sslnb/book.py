@@ -45,14 +45,22 @@ def stage(stage_dir: Path = STAGE) -> None:
     if stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(ROOT / name, stage_dir / name)
+    copy_site_files(stage_dir)
     ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc")
-    shutil.copytree(ROOT / "_vendor", stage_dir / "_vendor", ignore=shutil.ignore_patterns("fetch.sh", "README.md"))
     shutil.copytree(BOOK, stage_dir / "book", ignore=ignore)
     shutil.copytree(ROOT / "sslnb", stage_dir / "sslnb", ignore=ignore)
     (stage_dir / "bench").mkdir()
     shutil.copy2(ROOT / "bench" / "RESULTS.md", stage_dir / "bench" / "RESULTS.md")  # the performance page
+
+
+def copy_site_files(stage_dir: Path) -> None:
+    """The book's configuration and the vendored JavaScript, into ``stage_dir`` (again before each build,
+    so `make site` picks up changes to them without executing the chapters again)."""
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, stage_dir / name)
+    if (stage_dir / "_vendor").exists():
+        shutil.rmtree(stage_dir / "_vendor")
+    shutil.copytree(ROOT / "_vendor", stage_dir / "_vendor", ignore=shutil.ignore_patterns("fetch.sh", "README.md"))
 
 
 def hide_injected_parameters(path: Path) -> None:
@@ -124,6 +132,7 @@ def build(strict: bool = True, stage_dir: Path = STAGE, out_dir: Path = ROOT, qu
     """jupyter-book build of the staged book into ``out_dir/_build/html``; returns the index page."""
     if not (stage_dir / "_toc.yml").exists():
         raise BookError("nothing is staged: run `make book` (or `python -m sslnb.book execute`) first")
+    copy_site_files(stage_dir)
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage_dir), "--all",
            "--path-output", str(out_dir)]
     if strict:

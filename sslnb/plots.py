@@ -203,3 +203,32 @@ def provenance_markdown(runs: dict, what: str = "these numbers") -> str:
     return (f"**Where {what} come from.** Preset `{first.preset or 'custom'}`, dataset `{first.dataset}`, "
             f"{first.network} width {first.width}, trained by `sslnb.train`:\n\n"
             "<table class=\"provenance\">" + "".join(cells) + "</table>\n")
+
+
+def provenance_line(runs: dict) -> str:
+    """One line for a figure or a table: preset, dataset, the runs' labels, git commit(s), device(s) and
+    their training time ({label: Run}; the page's provenance table maps labels to run directories)."""
+    first = next(iter(runs.values())).config
+    commits = ", ".join(sorted({r.provenance.get("git_commit", "?") for r in runs.values()}))
+    devices = ", ".join(sorted({r.provenance.get("device_name", "?") for r in runs.values()}))
+    wall = sum(r.result.get("wall_s") or 0 for r in runs.values()) / 60
+    return (f"preset {first.preset or 'custom'}, dataset {first.dataset}; runs: {', '.join(runs)}; "
+            f"commit {commits}; {devices}; {wall:.1f} min of training")
+
+
+def stamp(fig, runs: dict, width: int = 150) -> None:
+    """Write ``provenance_line(runs)`` under a figure (wrapped, small grey text) and lay the figure out
+    around it, so a cpu-preset picture can always be told from a paper-preset one."""
+    import textwrap
+
+    text = "\n".join(textwrap.wrap("Made from " + provenance_line(runs), width))
+    lines = text.count("\n") + 1
+    height = fig.get_figheight()
+    fig.tight_layout(rect=(0, min(0.3, 0.17 * lines / height), 1, 1))
+    fig.text(0.01, 0.005, text, fontsize=6.5, color="0.4", va="bottom", ha="left")
+
+
+def table_caption(runs: dict) -> str:
+    """A caption for a results table (``Styler.set_caption``): where its numbers come from."""
+    return "Our numbers (anything marked as the seed's is theirs) come from " + provenance_line(runs)
+

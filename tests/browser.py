@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -41,7 +42,7 @@ class Browser:
              "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # no internet
              f"--window-size={width},{height}", "--remote-debugging-port=0",
              f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         port_file = Path(self.profile) / "DevToolsActivePort"
         deadline = time.time() + 60
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -150,7 +151,10 @@ class Browser:
         try:
             if getattr(self, "ws", None) is not None:
                 self.ws.close()
-        finally:
-            self.proc.kill()
+        finally:  # chromium's helper processes share its process group
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
             shutil.rmtree(self.profile, ignore_errors=True)

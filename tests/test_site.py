@@ -2,6 +2,7 @@
 errors, error outputs or failed requests; each explorer's controls are there, and changing one changes
 the figure on screen. Screenshots go to _build/screenshots/ (or $SSLNB_SCREENSHOTS) for a person to look at.
 
+`SSLNB_SITE=_build/html pytest tests/test_site.py` checks a site already built (by `make book`).
 Chromium: `make test` installs Debian's package when it is missing (`make chromium`); elsewhere point
 $CHROMIUM at a Chrome or Chromium, or set SSLNB_SKIP_BROWSER=1 to skip these tests.
 """
@@ -40,8 +41,12 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def html(executed):
-    return executed[0] / "_build" / "html"
+def html(request):
+    """The site the smoke build makes (tests/conftest.py), or an already built one named by $SSLNB_SITE
+    (`SSLNB_SITE=_build/html pytest tests/test_site.py` checks the site `make book` built)."""
+    if os.environ.get("SSLNB_SITE"):
+        return Path(os.environ["SSLNB_SITE"]).resolve()
+    return request.getfixturevalue("executed")[0] / "_build" / "html"
 
 
 @pytest.mark.parametrize("page", PAGES)
