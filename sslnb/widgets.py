@@ -133,14 +133,21 @@ def tsne_explorer(runs: dict[str, Run], layers=("z", "h"), max_points: int | Non
     """Two t-SNE pictures side by side: pick the run of each, the layer (FC or last conv) and a class,
     whose first test images are shown below (live mode also highlights it in both pictures).
 
-    ``runs`` {label: Run}; every run's embeddings are computed (or read from the run's cache) here.
+    ``runs`` {label: Run}. Embeddings are read from each run's cache or computed when a view first needs
+    them: all of them in static mode, only those shown in live mode.
     Returns an ``ipywidgets.VBox``; ``.fallback_png`` holds the first view for a static figure."""
     import ipywidgets as w
 
     static = static_mode() if static is None else static
     labels = list(runs)
-    emb = {(layer, label): plots.run_tsne(runs[label], layer, max_points) for layer in layers for label in labels}
-    y = next(iter(emb.values()))[1]
+    emb = {}
+
+    def embedding(layer_key: str, label: str):  # computed (or read from the run's cache) when first shown
+        if (layer_key, label) not in emb:
+            emb[(layer_key, label)] = plots.run_tsne(runs[label], layer_key, max_points)
+        return emb[(layer_key, label)]
+
+    y = embedding(layers[-1], labels[0])[1]
     cfg = next(iter(runs.values())).config
     test = _test_images(cfg.dataset, cfg.data_root)
     classes = test[1] if test else [str(c) for c in range(int(y.max()) + 1)]
@@ -154,7 +161,7 @@ def tsne_explorer(runs: dict[str, Run], layers=("z", "h"), max_points: int | Non
                       description="class", layout=w.Layout(width="240px"))
 
     def picture(label: str, layer_key: str, highlight=None) -> bytes:
-        e, yy = emb[(layer_key, label)]
+        e, yy = embedding(layer_key, label)
         return _png(lambda fig: plots.tsne_scatter(fig.add_axes((0.02, 0.02, 0.96, 0.9)), e, yy, len(classes), highlight,
                                                    f"{label}: {plots.LAYER_NAMES[layer_key]}"), figsize=(4.2, 4.2))
 
