@@ -41,11 +41,10 @@ def check_parameters(notebook: Path, parameters: dict) -> None:
 
 def stage(stage_dir: Path = STAGE) -> None:
     """Copy the book sources (and the library, for literalinclude, and the benchmark results) into
-    ``stage_dir``."""
+    ``stage_dir``; ``build`` adds the configuration and the vendored JavaScript."""
     if stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
-    copy_site_files(stage_dir)
     ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc")
     shutil.copytree(BOOK, stage_dir / "book", ignore=ignore)
     shutil.copytree(ROOT / "sslnb", stage_dir / "sslnb", ignore=ignore)
@@ -54,8 +53,8 @@ def stage(stage_dir: Path = STAGE) -> None:
 
 
 def copy_site_files(stage_dir: Path) -> None:
-    """The book's configuration and the vendored JavaScript, into ``stage_dir`` (again before each build,
-    so `make site` picks up changes to them without executing the chapters again)."""
+    """The book's configuration and the vendored JavaScript, into ``stage_dir`` before each build (so
+    `make site` picks up changes to them without executing the chapters again)."""
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, stage_dir / name)
     if (stage_dir / "_vendor").exists():
@@ -130,7 +129,7 @@ def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600
 
 def build(strict: bool = True, stage_dir: Path = STAGE, out_dir: Path = ROOT, quiet: bool = False) -> Path:
     """jupyter-book build of the staged book into ``out_dir/_build/html``; returns the index page."""
-    if not (stage_dir / "_toc.yml").exists():
+    if not (stage_dir / "book").exists():
         raise BookError("nothing is staged: run `make book` (or `python -m sslnb.book execute`) first")
     copy_site_files(stage_dir)
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage_dir), "--all",

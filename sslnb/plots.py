@@ -16,6 +16,11 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(np.pad(y, (window // 2, window - 1 - window // 2), mode="edge"), kernel, mode="valid")
 
 
+def _steps_per_epoch(steps: list[dict]) -> int:
+    """Optimiser steps in one epoch, from a run's step records (1 when there are none)."""
+    return max(1, sum(r["epoch"] == 1 for r in steps))
+
+
 def loss_curves(runs: list[Run], labels: list[str] | None = None, ax=None, smooth: int = 10):
     """Per-step loss (thin, smoothed over ``smooth`` steps) and per-epoch mean (markers) against epochs."""
     import matplotlib.pyplot as plt
@@ -26,7 +31,7 @@ def loss_curves(runs: list[Run], labels: list[str] | None = None, ax=None, smoot
         steps = run.records("step")
         color = f"C{i}"
         if steps:
-            per_epoch = max(1, sum(r["epoch"] == 1 for r in steps))
+            per_epoch = _steps_per_epoch(steps)
             x = np.array([r["step"] for r in steps]) / per_epoch
             ax.plot(x, _smooth(np.array([r["loss"] for r in steps]), smooth), color=color, lw=0.8, alpha=0.6)
         ex, ey = run.metric("loss")
@@ -154,12 +159,11 @@ CURVE_METRICS = {
 def curves(ax, runs: dict[str, Run], metric: str = "loss", log: bool = False, smooth: int = 1,
            x: str = "epoch") -> None:
     """One metric of several runs ({label: Run}) against epochs or optimiser steps. Per-step series
-    (``loss``, ``lr``) are drawn as lines, smoothed with a ``smooth``-step moving average; per-epoch
-    metrics as markers. ``z_std`` gets the no-collapse reference 1/sqrt(dim) as a dashed line."""
+    (``loss``, ``lr``) are drawn as lines, the loss smoothed with a ``smooth``-step moving average;
+    per-epoch metrics as markers. ``z_std`` gets the no-collapse reference 1/sqrt(dim) as a dotted line."""
     for i, (label, run) in enumerate(runs.items()):
         style = dict(color=f"C{i % 10}", ls="-" if i < 10 else "--", label=label)
-        steps = run.records("step")
-        per_epoch = max(1, sum(r["epoch"] == 1 for r in steps)) if steps else 1
+        per_epoch = _steps_per_epoch(run.records("step"))
         sx, sy = run.metric(metric, "step")
         if sx:
             xs = np.array(sx, float) / (per_epoch if x == "epoch" else 1)

@@ -116,15 +116,10 @@ def _colour_key(classes: list[str]) -> str:
 
 
 def provenance_note(runs: dict[str, Run]) -> str:
-    """HTML: preset, dataset, git commit(s) and device(s) of ``runs``, then each run's one-line caption."""
-    first = next(iter(runs.values())).config
-    commits = sorted({r.provenance.get("git_commit", "?") for r in runs.values()})
-    devices = sorted({r.provenance.get("device_name", "?") for r in runs.values()})
-    wall = sum(r.result.get("wall_s") or 0 for r in runs.values()) / 60
+    """HTML: :func:`sslnb.plots.provenance_line` of ``runs``, then each run's one-line caption."""
     lines = "".join(f"<li>{escape(label)}: {escape(r.caption())}</li>" for label, r in runs.items())
-    return (f'<details class="sslnb-provenance"><summary>Made from {len(runs)} run(s): preset '
-            f'{escape(first.preset or "custom")}, dataset {escape(first.dataset)}, commit {escape(", ".join(commits))}, '
-            f"{escape(', '.join(devices))}, {wall:.1f} min of training</summary><ul>{lines}</ul></details>")
+    return (f'<details class="sslnb-provenance"><summary>Made from {escape(plots.provenance_line(runs))}'
+            f"</summary><ul>{lines}</ul></details>")
 
 
 # ---------------------------------------------------------------------- t-SNE explorer
@@ -198,7 +193,7 @@ def tsne_explorer(runs: dict[str, Run], layers=("z", "h"), max_points: int | Non
     box = w.VBox([w.HBox([left, right]), layer, w.HBox(panels), w.HBox([pick]), strips,
                   w.HTML(_colour_key(classes)), w.HTML(provenance_note(runs))])
     box.links = links
-    box.fallback_png = picture(labels[0], layers[-1])
+    box.fallback_png = (pictures[(layer.value, left.value)] if static else panels[0]).value  # the first view
     return box
 
 
@@ -252,7 +247,7 @@ def curve_explorer(runs: dict[str, Run], metrics=None, static: bool | None = Non
 
     box = w.VBox(controls + [picture, w.HTML(provenance_note(runs))])
     box.links = links
-    box.fallback_png = view(metrics[0], False, SMOOTHING[1], "epoch")
+    box.fallback_png = (leaf((metric.index, scale.index, smooth.index, axis.index)) if static else picture).value
     return box
 
 
