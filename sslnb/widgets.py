@@ -6,8 +6,8 @@ One set of drawings (:mod:`sslnb.plots`), two ways to switch between them:
   so every combination works, including several runs picked at once and a class highlighted in the
   t-SNE pictures;
 * **static**, when ``SSLNB_STATIC_WIDGETS=1`` (``python -m sslnb.book execute`` sets it): every view the
-  controls can reach is drawn once while the chapter executes and kept in nested ``widgets.Stack``\\ s;
-  each control is ``jslink``\\ ed to the stacks of its level, so switching happens in the browser with no
+  controls can reach is drawn once while the chapter executes and kept in nested switches (``Tab``\\ s
+  with their tab bar hidden); each control is ``jslink``\\ ed to the switches of its level, so switching happens in the browser with no
   kernel, as on the published site (the widget JavaScript is vendored in ``_static/``). A ``<noscript>``
   copy of the first view serves readers without JavaScript.
 
@@ -54,11 +54,22 @@ def _image(png: bytes):
     return w.Image(value=png, format="png", layout=w.Layout(max_width="100%", height="auto"))
 
 
-def nested_stack(controls: list, leaf) -> tuple:
-    """Kernel-free switching among ``prod(len(c.options))`` views: a ``Stack`` per level, the first
-    control choosing a child of the outermost one, the next a child of each of those, and so on; each
-    control is ``jslink``\\ ed to every stack of its level. ``leaf(indices)`` gives the widget at the bottom
-    (return the same widget for views that do not differ). Returns (root widget, links)."""
+# A switch is a Tab whose tab bar is hidden; the explorer's own controls choose the child. (ipywidgets'
+# Stack would do the same with less DOM, but its browser view disposes the shown child and builds the
+# next one on every switch, and a second switch before that settles logs TypeErrors in the widget
+# manager: tests/test_site.py caught it. A Tab builds every child's view once and only hides the others.)
+SWITCH_CLASS = "sslnb-switch"
+SWITCH_CSS = (f"<style>.{SWITCH_CLASS} > .lm-TabBar, .{SWITCH_CLASS} > .p-TabBar {{display: none !important}}"
+              f".{SWITCH_CLASS} > .widget-tab-contents {{border: none !important; padding: 0 !important;"
+              " overflow: visible !important; background: none !important}</style>")
+
+
+def nested_switch(controls: list, leaf) -> tuple:
+    """Kernel-free switching among ``prod(len(c.options))`` views: a switch per level, the first control
+    choosing a child of the outermost one, the next a child of each of those, and so on; each control is
+    ``jslink``\\ ed to every switch of its level. ``leaf(indices)`` gives the widget at the bottom (return
+    the same widget for views that do not differ). Returns (root widget, links); show
+    ``SWITCH_CSS`` once on the page (an ``HTML`` widget) to hide the tab bars."""
     import ipywidgets as w
 
     links = []
@@ -67,10 +78,11 @@ def nested_stack(controls: list, leaf) -> tuple:
         if depth == len(controls):
             return leaf(indices)
         control = controls[depth]
-        stack = w.Stack([build(depth + 1, indices + (i,)) for i in range(len(control.options))],
-                        selected_index=control.index)
-        links.append(w.jslink((control, "index"), (stack, "selected_index")))
-        return stack
+        switch = w.Tab([build(depth + 1, indices + (i,)) for i in range(len(control.options))],
+                       selected_index=control.index)
+        switch.add_class(SWITCH_CLASS)
+        links.append(w.jslink((control, "index"), (switch, "selected_index")))
+        return switch
 
     return build(0, ()), links
 
@@ -168,11 +180,11 @@ def tsne_explorer(runs: dict[str, Run], layers=("z", "h"), max_points: int | Non
         pictures = {(k, label): _image(picture(label, k)) for k in layers for label in labels}
         panels = []
         for side in (left, right):
-            root, ls = nested_stack([layer, side], lambda ix: pictures[(layers[ix[0]], labels[ix[1]])])
+            root, ls = nested_switch([layer, side], lambda ix: pictures[(layers[ix[0]], labels[ix[1]])])
             panels.append(root)
             links += ls
         if test:
-            strips, ls = nested_stack([pick], lambda ix: _image(examples(pick.options[ix[0]][1])))
+            strips, ls = nested_switch([pick], lambda ix: _image(examples(pick.options[ix[0]][1])))
             links += ls
         else:
             strips = w.HTML("(example images need the dataset on this machine)")
@@ -191,7 +203,7 @@ def tsne_explorer(runs: dict[str, Run], layers=("z", "h"), max_points: int | Non
         redraw()
 
     box = w.VBox([w.HBox([left, right]), layer, w.HBox(panels), w.HBox([pick]), strips,
-                  w.HTML(_colour_key(classes)), w.HTML(provenance_note(runs))])
+                  w.HTML(_colour_key(classes)), w.HTML(provenance_note(runs) + (SWITCH_CSS if static else ""))])
     box.links = links
     box.fallback_png = (pictures[(layer.value, left.value)] if static else panels[0]).value  # the first view
     return box
@@ -232,7 +244,7 @@ def curve_explorer(runs: dict[str, Run], metrics=None, static: bool | None = Non
                 cache[key] = _image(view(*key))
             return cache[key]
 
-        picture, links = nested_stack([metric, scale, smooth, axis], leaf)
+        picture, links = nested_switch([metric, scale, smooth, axis], leaf)
         controls = [metric, w.HBox([scale, axis]), smooth]
     else:
         picture = _image(b"")
@@ -245,7 +257,7 @@ def curve_explorer(runs: dict[str, Run], metrics=None, static: bool | None = Non
         redraw()
         controls = [w.HBox([metric, chosen]), w.HBox([scale, axis]), smooth]
 
-    box = w.VBox(controls + [picture, w.HTML(provenance_note(runs))])
+    box = w.VBox(controls + [picture, w.HTML(provenance_note(runs) + (SWITCH_CSS if static else ""))])
     box.links = links
     box.fallback_png = (leaf((metric.index, scale.index, smooth.index, axis.index)) if static else picture).value
     return box

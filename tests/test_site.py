@@ -86,3 +86,28 @@ def test_explorer_controls_switch_the_figure(html, browser, page):
     browser.js("document.querySelector('.widget-dropdown').scrollIntoView()")
     browser.pump(0.5)
     browser.screenshot(SHOTS / f"{Path(page).name}-explorers.png")
+
+
+@pytest.mark.parametrize("page", NOTEBOOKS[:2])
+def test_rapid_switching_logs_no_errors_and_keeps_working(html, browser, page):
+    """A reader clicking faster than the widget manager settles: many switches in one browser task. With
+    ipywidgets' Stack this logged dozens of TypeErrors (views disposed while a message to them was
+    queued); the Tab-based switches must log none, hide their tab bars, and still follow the controls."""
+    browser.goto((html / f"{page}.html").as_uri())
+    assert browser.wait_for(f"{SELECTS}.length >= 4", timeout=60), f"{page}: the explorers did not render"
+    browser.js(f"""(() => {{
+        const toggles = Array.from({TOGGLES});
+        for (const label of ['log', 'linear', 'log', 'step', 'epoch', 'FC', 'last conv', 'FC'])
+            toggles.find(b => b.textContent === label).click();
+        for (const s of {SELECTS}) for (let k = 0; k < 3; k++) {{
+            s.selectedIndex = (s.selectedIndex + 1) % s.options.length;
+            s.dispatchEvent(new Event('change', {{bubbles: true}}));
+        }} }})()""")
+    browser.pump(2.0)
+    assert not browser.errors, f"{page}: " + "; ".join(browser.errors[:5])
+    assert browser.js("Array.from(document.querySelectorAll('.lm-TabBar')).every(b => b.offsetParent === null)")
+    settled = browser.js(VISIBLE_IMAGES)
+    browser.js(f"Array.from({TOGGLES}).find(b => b.textContent === 'linear').click()")
+    assert browser.wait_for(f"{VISIBLE_IMAGES} !== {settled!r}", timeout=5), f"{page}: 'linear' changed nothing"
+    browser.js(f"Array.from({TOGGLES}).find(b => b.textContent === 'log').click()")
+    assert browser.wait_for(f"{VISIBLE_IMAGES} === {settled!r}", timeout=5), f"{page}: back to 'log', another view"

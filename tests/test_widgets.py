@@ -1,4 +1,4 @@
-"""The explorers: kernel-free view switching (nested Stacks + jslink) reaches the right view for every
+"""The explorers: kernel-free view switching (nested switches + jslink) reaches the right view for every
 combination of controls, live callbacks redraw, and the drawings say where they come from. (The browser
 side, on the built site, is tests/test_site.py.)"""
 
@@ -42,25 +42,25 @@ def runs(tmp_path):
 
 
 def leaf_at(root, controls):
-    """The widget a browser would show: follow each stack's selected_index as the jslinks set it."""
+    """The widget a browser would show: follow each switch's selected_index as the jslinks set it."""
     node = root
     for control in controls:
-        assert isinstance(node, w.Stack)
+        assert isinstance(node, w.Tab) and widgets.SWITCH_CLASS in node._dom_classes
         node = node.children[control.index]
     return node
 
 
-def test_nested_stack_reaches_every_combination_and_links_each_level():
+def test_nested_switch_reaches_every_combination_and_links_each_level():
     a = w.Dropdown(options=["x", "y"])
     b = w.ToggleButtons(options=["p", "q", "r"])
-    root, links = widgets.nested_stack([a, b], lambda ix: w.Label(f"{ix[0]}{ix[1]}"))
-    assert len(links) == 1 + 2  # one stack at the first level, two at the second
+    root, links = widgets.nested_switch([a, b], lambda ix: w.Label(f"{ix[0]}{ix[1]}"))
+    assert len(links) == 1 + 2  # one switch at the first level, two at the second
     assert {id(link.source[0]) for link in links} == {id(a), id(b)}
     assert all(link.target[1] == "selected_index" and link.source[1] == "index" for link in links)
     for i in range(2):
         for j in range(3):
             assert root.children[i].children[j].value == f"{i}{j}"
-    # each second-level stack is driven by b
+    # each second-level switch is driven by b
     assert {id(link.target[0]) for link in links if link.source[0] is b} == {id(s) for s in root.children}
 
 
