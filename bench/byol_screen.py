@@ -9,7 +9,9 @@ that beats random weights (issue 2) can be repeated and extended.
 Each positional argument is one variant: Python keyword arguments for :class:`sslnb.config.Config`
 ("" is the preset's BYOL unchanged). ``--epochs`` keeps the preset's learning-rate milestones at the
 same fractions of training. Runs go to ``--run-root`` (default ``runs/screen``) and are reused there.
-The numbers are measurements for people; no test reads them.
+The untrained network is the preset's: a variant that changes the network (``width=16``) is still
+compared with the preset's random init, so train that reference yourself (``epochs=0``).
+The numbers are measurements for people; no test asserts any of them.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
     init_knn = runs[0].result["knn"]
     print(f"preset {args.preset}, {base.dataset}, {base.epochs} epochs; untrained network kNN {init_knn:.1f}%")
     print(f"{'variant':44s} {'kNN':>5s} {'vs init':>7s} {'kNN z':>5s} {'probe':>5s} {'rank':>5s}  kNN per epoch")
-    for (label, cfg), run in zip(configs.items(), runs[1:]):
+    for label, run in zip(configs, runs[1:]):
         r = run.result
         per_epoch = " ".join(f"{e['knn']:.0f}" for e in run.records("epoch"))
         print(f"{label[:44]:44s} {r['knn']:5.1f} {r['knn'] - init_knn:+7.1f} {r.get('knn_z', float('nan')):5.1f} "

@@ -7,9 +7,9 @@ One set of drawings (:mod:`sslnb.plots`), two ways to switch between them:
   t-SNE pictures;
 * **static**, when ``SSLNB_STATIC_WIDGETS=1`` (``python -m sslnb.book execute`` sets it): every view the
   controls can reach is drawn once while the chapter executes and kept in nested switches (``Tab``\\ s
-  with their tab bar hidden); each control is ``jslink``\\ ed to the switches of its level, so switching happens in the browser with no
-  kernel, as on the published site (the widget JavaScript is vendored in ``_static/``). A ``<noscript>``
-  copy of the first view serves readers without JavaScript.
+  with their tab bar hidden); each control is ``jslink``\\ ed to the switches of its level, so switching
+  happens in the browser with no kernel, as on the published site (the widget JavaScript is vendored in
+  ``_static/``). A ``<noscript>`` copy of the first view serves readers without JavaScript.
 
 ``explore(runs)`` shows both explorers with a provenance note; the chapters end with it.
 """
