@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sslnb.config import Config  # noqa: E402
+from sslnb.config import Config, ConfigError  # noqa: E402
 from sslnb.experiments import references  # noqa: E402
 from sslnb.runs import launch  # noqa: E402
 
@@ -45,7 +45,13 @@ def main(argv=None) -> int:
     if args.epochs:
         scale = args.epochs / base.epochs
         base = base.replace(epochs=args.epochs, lr_milestones=tuple(round(m * scale) for m in base.lr_milestones))
-    configs = {spec or "(preset)": variant(base, spec) for spec in (args.variants or [""])}
+    configs = {}
+    for spec in args.variants or [""]:
+        try:
+            configs[spec or "(preset)"] = variant(base, spec)
+        except (ConfigError, SyntaxError, TypeError, NameError) as e:  # one line, exit status 2, no traceback
+            print(f"byol_screen.py: bad variant {spec!r}: {e}", file=sys.stderr)
+            return 2
     init = references(args.preset)["random init"]
     runs = launch([init, *configs.values()], args.run_root, progress=False, jobs=args.jobs)
     init_knn = runs[0].result["knn"]
