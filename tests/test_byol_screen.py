@@ -1,5 +1,5 @@
-"""bench/byol_screen.py, the BYOL screening script of issue 2: each variant is trained with its overrides
-and printed beside the untrained network."""
+"""bench/byol_screen.py and bench/byol_screen_data.py, the BYOL screening scripts of issue 2: each variant
+is trained with its overrides and printed beside the untrained network."""
 
 import json
 import subprocess
@@ -29,3 +29,27 @@ def test_a_bad_variant_is_one_line_and_trains_nothing(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "lr=-1" in r.stderr and "Traceback" not in r.stderr
     assert not any(tmp_path.iterdir())
+
+
+def _screen_data(tmp_path, *args):
+    return subprocess.run([sys.executable, "bench/byol_screen_data.py", *args, "--preset", "smoke",
+                           "--run-root", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_data_screen_renders_the_digits_in_the_style_asked_for(tmp_path):
+    rows = {}
+    for name, style in [("plain", "{}"), ("big", '{"scale": [0.7, 0.9], "rotation": 0}')]:
+        r = _screen_data(tmp_path, name, '{"epochs": 1}', "--style", style, "--crop", "0.5", "1")
+        assert r.returncode == 0, r.stderr[-2000:]
+        rows[name] = r.stdout.strip().splitlines()[-1].split()
+        assert rows[name][0] == name and (tmp_path / name / "result.json").exists()
+    # Bigger, upright digits are easier to match pixel by pixel: the style reached the dataset.
+    assert float(rows["big"][3]) > float(rows["plain"][3]) + 5
+    assert json.loads((tmp_path / "big" / "config.json").read_text())["epochs"] == 1
+
+
+def test_data_screen_bad_input_is_one_line(tmp_path):
+    for args in (["x", '{"lr": -1}'], ["x", "--style", '{"scal": 1}'], ["x", "{lr: 1}"]):
+        r = _screen_data(tmp_path, *args)
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
