@@ -144,7 +144,7 @@ DIGITS_VERSION = 2  # part of every digits run's identity: bump it when the rend
 # the contrast and any background texture are the same for every image; the digit's size, slant and
 # position vary (crops change the first and last, so they are weak identities; raw pixels suffer).
 DIGITS_STYLE = dict(scale=(0.35, 0.75), rotation=15.0, level=(0.15, 0.15), texture=0.0, noise=0.02,
-                    contrast=(0.55, 0.55))
+                    contrast=(0.55, 0.55), shift=1.0)
 
 
 def make_digits(seed: int = 0, n_train: int = 3000, n_test: int = 1000, size: int = 32, **style) -> ImageData:
@@ -183,10 +183,11 @@ def make_digits(seed: int = 0, n_train: int = 3000, n_test: int = 1000, size: in
 
 def _render(src: torch.Tensor, labels: torch.Tensor, pool: np.ndarray, n: int, size: int,
             rng: np.random.Generator, scale=(0.4, 0.85), rotation=20.0, level=(0.0, 0.35), texture=0.06,
-            noise=0.02, contrast=(0.4, 0.65)) -> tuple[Split, np.ndarray]:
+            noise=0.02, contrast=(0.4, 0.65), shift=1.0) -> tuple[Split, np.ndarray]:
     """Render ``n`` scenes from the source digits in ``pool`` (cycled, then shuffled).
     Returns the split, the index of each image's source digit, and each image's rendering parameters
-    (digit scale, angle in degrees, position, background level, contrast) as arrays."""
+    (digit scale, angle in degrees, position, background level, contrast) as arrays. ``shift`` is the
+    fraction of the free room the digit's position may use (1: anywhere inside the canvas; 0: centred)."""
     pick = rng.permutation(np.resize(rng.permutation(pool), n))  # indices into the 1,797 sources
     glyph = F.pad(src[pick].unsqueeze(1), (1, 1, 1, 1))  # (n, 1, 10, 10): a zero border to sample into
 
@@ -197,7 +198,7 @@ def _render(src: torch.Tensor, labels: torch.Tensor, pool: np.ndarray, n: int, s
     scale = u(*scale) * 10 / 8  # digit height as a fraction of the canvas (the glyph has a border)
     angle = u(-rotation, rotation) * np.pi / 180
     room = (1 - scale * 8 / 10).clamp(min=0)  # keep the digit inside the canvas
-    tx, ty = u(-1, 1) * room, u(-1, 1) * room
+    tx, ty = u(-1, 1) * room * shift, u(-1, 1) * room * shift
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, -(cos * tx - sin * ty)], 1),
                          torch.stack([sin, cos, -(sin * tx + cos * ty)], 1)], 1)
