@@ -42,15 +42,18 @@ def main(argv=None) -> int:
     from sslnb.runs import load_run
     from sslnb.train import train
 
-    def tuples(d: dict) -> dict:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-    try:
-        overrides, style = tuples(json.loads(args.overrides)), tuples(json.loads(args.style))
+    run_dir = Path(args.run_root) / args.name
+    try:  # Config turns JSON lists into its tuples; make_digits takes lists as they are
+        overrides, style = json.loads(args.overrides), json.loads(args.style)
         unknown = set(style) - set(data.DIGITS_STYLE)
         if unknown:
             raise ValueError(f"unknown style entries {sorted(unknown)}; allowed: {', '.join(data.DIGITS_STYLE)}")
         cfg = Config.from_preset(args.preset, overrides.pop("method", "byol"), **overrides)
+        # The run directory checks its Config on resume, but style and crop are not in it: keep them beside
+        # it, so that a name reused with other data is refused instead of silently reused.
+        screen, screen_path = {"style": style, "crop": args.crop}, run_dir / "screen.json"
+        if screen_path.exists() and json.loads(screen_path.read_text()) != screen:
+            raise ValueError(f"{run_dir} was trained with {screen_path.read_text()}; choose another name")
     except (ValueError, ConfigError) as e:  # JSON errors are ValueErrors too: one line, exit status 2
         print(f"byol_screen_data.py: {e}", file=sys.stderr)
         return 2
@@ -66,7 +69,8 @@ def main(argv=None) -> int:
         augment.BatchAugment.__init__ = patched
 
     start = time.time()
-    run_dir = Path(args.run_root) / args.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    screen_path.write_text(json.dumps(screen))
     train(cfg, run_dir, progress=False)
     run = load_run(run_dir)
     epochs = run.records("epoch")

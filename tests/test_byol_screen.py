@@ -53,3 +53,10 @@ def test_data_screen_bad_input_is_one_line(tmp_path):
         r = _screen_data(tmp_path, *args)
         assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_data_screen_refuses_a_name_reused_with_other_data(tmp_path):
+    assert _screen_data(tmp_path, "a", '{"epochs": 0}').returncode == 0
+    r = _screen_data(tmp_path, "a", '{"epochs": 0}', "--style", '{"shift": 0}')
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "choose another name" in r.stderr
+    assert _screen_data(tmp_path, "a", '{"epochs": 0}').returncode == 0  # the same data: reused
