@@ -73,6 +73,12 @@ def hide_injected_parameters(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+# Kernels started at the same moment by two worker processes can race for the same ports, and the loser
+# dies before it answers (papermill issue 239). No cell has run then, so starting it again is safe.
+KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond")
+KERNEL_START_TRIES = 3
+
+
 def _execute_one(nb: Path, out: Path, parameters: dict, timeout: int) -> str | None:
     """Execute one chapter; returns a one-line error or None. (Top level: runs in a worker process.)"""
     import os
@@ -80,11 +86,17 @@ def _execute_one(nb: Path, out: Path, parameters: dict, timeout: int) -> str | N
     import papermill as pm
 
     os.environ["SSLNB_STATIC_WIDGETS"] = "1"  # the kernel inherits it: explorers pre-render for the site
-    try:
-        pm.execute_notebook(str(nb), str(out), parameters=parameters, kernel_name="python3",
-                            cwd=str(BOOK), progress_bar=False, execution_timeout=timeout)
-    except pm.PapermillExecutionError as e:
-        return f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (the executed notebook is {out})"
+    for attempt in range(1, KERNEL_START_TRIES + 1):
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=parameters, kernel_name="python3",
+                                cwd=str(BOOK), progress_bar=False, execution_timeout=timeout)
+            break
+        except pm.PapermillExecutionError as e:
+            return f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (the executed notebook is {out})"
+        except RuntimeError as e:
+            if attempt == KERNEL_START_TRIES or not str(e).startswith(KERNEL_START_FAILURES):
+                raise
+            print(f"  {nb.name}: the kernel did not start ({e}); starting it again", flush=True)
     hide_injected_parameters(out)
     return None
 

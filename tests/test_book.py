@@ -75,3 +75,35 @@ def test_parameter_typo_is_refused_in_one_line(tmp_path):
                         str(tmp_path), "-p", "presett", "cpu"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "no parameter 'presett'" in r.stderr
+
+
+def _fake_papermill(monkeypatch, failures):
+    """papermill.execute_notebook that raises ``failures`` in turn, then writes the notebook unchanged."""
+    import papermill
+
+    calls = []
+
+    def execute(src, out, **kwargs):
+        calls.append(src)
+        if len(calls) <= len(failures):
+            raise failures[len(calls) - 1]
+        Path(out).write_text(Path(src).read_text())
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    return calls
+
+
+def test_a_kernel_that_dies_at_start_is_started_again_and_nothing_else_is(tmp_path, monkeypatch):
+    monkeypatch.delenv("SSLNB_STATIC_WIDGETS", raising=False)  # _execute_one sets it: restored after the test
+    nb, out = CHAPTERS[0], tmp_path / "out.ipynb"
+    died = RuntimeError("Kernel died before replying to kernel_info")
+    calls = _fake_papermill(monkeypatch, [died, died])
+    assert book._execute_one(nb, out, {}, 60) is None and len(calls) == 3 and out.exists()
+    calls = _fake_papermill(monkeypatch, [died] * book.KERNEL_START_TRIES)
+    with pytest.raises(RuntimeError, match="kernel_info"):
+        book._execute_one(nb, out, {}, 60)
+    assert len(calls) == book.KERNEL_START_TRIES
+    calls = _fake_papermill(monkeypatch, [RuntimeError("something else")])
+    with pytest.raises(RuntimeError, match="something else"):
+        book._execute_one(nb, out, {}, 60)
+    assert len(calls) == 1
