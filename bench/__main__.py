@@ -286,7 +286,8 @@ def bench_augment(device, quick: bool) -> None:
 
 def bench_budget(run_root: Path) -> None:
     from sslnb.experiments import CHAPTERS, chapter_runs
-    from sslnb.runs import load_run, run_name
+    from sslnb.rundir import run_name
+    from sslnb.runs import load_run
 
     seen, rows = set(), []
     # Each run is counted in the first chapter that needs it, the summary page last.
@@ -350,9 +351,11 @@ def bench_tsne(quick: bool) -> None:
 
 
 def bench_ddp(device, quick: bool) -> None:
-    import json
     import subprocess
     import tempfile
+
+    from sslnb.rundir import read_records
+    from sslnb.runs import launcher
 
     n = torch.cuda.device_count() if device.type == "cuda" else (os.cpu_count() or 2)
     if n < 2:
@@ -366,12 +369,9 @@ def bench_ddp(device, quick: bool) -> None:
         for procs in (1, n):
             with tempfile.TemporaryDirectory() as tmp:
                 env = {**os.environ, "OMP_NUM_THREADS": str(1 if procs > 1 and device.type == "cpu" else n)}
-                launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
-                            if procs > 1 else [sys.executable])
-                subprocess.run(launcher + flags + ["--run-dir", f"{tmp}/run"], env=env, check=True, cwd=ROOT,
-                               capture_output=True)
-                epoch = [json.loads(line) for line in open(f"{tmp}/run/metrics.jsonl")
-                         if '"kind": "epoch"' in line][-1]
+                subprocess.run(launcher(procs) + flags + ["--run-dir", f"{tmp}/run"], env=env, check=True,
+                               cwd=ROOT, capture_output=True)
+                epoch = [r for r in read_records(Path(tmp) / "run") if r["kind"] == "epoch"][-1]
             base = base or epoch["epoch_s"]
             rows.append({"method": method, "processes": procs, "threads each": env["OMP_NUM_THREADS"],
                          "epoch s": epoch["epoch_s"], "img/s": epoch["img_per_s"], "vs one process": base / epoch["epoch_s"]})
@@ -379,7 +379,7 @@ def bench_ddp(device, quick: bool) -> None:
 
 
 def device_label(device: torch.device) -> str:
-    from sslnb.runs import device_name
+    from sslnb.rundir import device_name
 
     return device_name(device)
 

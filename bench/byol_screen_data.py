@@ -1,13 +1,14 @@
 """Screen one BYOL variant whose *data* differs from the preset's: the embedded digits rendered with
-another style and/or another crop-scale range. Neither is a Config field, so this trains in this process
-with the two patched, in a run directory of its own, and prints one row like ``bench/byol_screen.py``
+another style and/or another crop-scale range (the Config fields ``digits_style`` and ``crop_scale``,
+so both are part of the run's identity). It trains in this process, in a run directory of its own
+(refused if that name already holds other settings), and prints one row like ``bench/byol_screen.py``
 (kNN at the end, kNN vs the same network untrained on the same data, best probe, effective rank, kNN per
 epoch), plus raw-pixel kNN on the patched data: a friendlier dataset also helps raw pixels.
 
     python bench/byol_screen_data.py NAME '{"lr": 0.03}' --style '{"scale": [0.5, 0.75]}' --crop 0.35 1
 
-The config overrides, ``--style`` (entries of ``sslnb.data.DIGITS_STYLE``) and ``--crop`` are all
-optional. One thread per run, so two can train side by side. Runs go to ``--run-root``/NAME and are
+The config overrides, ``--style`` (``digits_style``: entries of ``sslnb.data.DIGITS_STYLE``) and ``--crop``
+(``crop_scale``) are all optional. One thread per run, so two can train side by side. Runs go to ``--run-root``/NAME and are
 resumed or reused there (the caller keeps names unique). The numbers are for people; no test asserts them.
 """
 
@@ -35,42 +36,29 @@ def main(argv=None) -> int:
 
     import torch
 
-    import sslnb.augment as augment
-    import sslnb.data as data
     from sslnb.config import Config, ConfigError
     from sslnb.evaluate import raw_pixel_knn
+    from sslnb.rundir import config_difference
     from sslnb.runs import load_run
     from sslnb.train import train
 
     run_dir = Path(args.run_root) / args.name
-    try:  # Config turns JSON lists into its tuples; make_digits takes lists as they are
-        overrides, style = json.loads(args.overrides), json.loads(args.style)
-        unknown = set(style) - set(data.DIGITS_STYLE)
-        if unknown:
-            raise ValueError(f"unknown style entries {sorted(unknown)}; allowed: {', '.join(data.DIGITS_STYLE)}")
+    try:  # JSON errors are ValueErrors too: one line, exit status 2
+        overrides = json.loads(args.overrides)
+        if not isinstance(overrides, dict):
+            raise ValueError(f"overrides must be a JSON object, not {args.overrides!r}")
+        overrides["digits_style"] = {**overrides.get("digits_style", {}), **json.loads(args.style)}
+        if args.crop:
+            overrides["crop_scale"] = tuple(args.crop)
         cfg = Config.from_preset(args.preset, overrides.pop("method", "byol"), **overrides)
-        # The run directory checks its Config on resume, but style and crop are not in it: keep them beside
-        # it, so that a name reused with other data is refused instead of silently reused.
-        screen, screen_path = {"style": style, "crop": args.crop}, run_dir / "screen.json"
-        if screen_path.exists() and json.loads(screen_path.read_text()) != screen:
-            raise ValueError(f"{run_dir} was trained with {screen_path.read_text()}; choose another name")
-    except (ValueError, ConfigError) as e:  # JSON errors are ValueErrors too: one line, exit status 2
+        diff = config_difference(run_dir, cfg)
+        if diff:
+            raise ValueError(f"{run_dir} was trained with other settings ({diff}); choose another name")
+    except (ValueError, ConfigError) as e:
         print(f"byol_screen_data.py: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    data.DIGITS_STYLE.update(style)  # make_digits reads it at call time
-    if args.crop:
-        init = augment.BatchAugment.__init__
-
-        def patched(self, *a, **k):
-            init(self, *a, **k)
-            self.scale = tuple(args.crop)
-
-        augment.BatchAugment.__init__ = patched
-
     start = time.time()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    screen_path.write_text(json.dumps(screen))
     train(cfg, run_dir, progress=False)
     run = load_run(run_dir)
     epochs = run.records("epoch")

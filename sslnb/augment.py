@@ -26,8 +26,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-PIPELINES = ("normal", "aug+")
-
 # ITU-R 601-2 luma, as PIL's convert("L") (torchvision's tensor path uses 0.2989).
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -40,6 +38,19 @@ _CONFIGS = {
     "normal": dict(_COMMON, hue=0.4, jitter_p=1.0, blur_p=0.0, flip_p=0.0),
     "aug+": dict(_COMMON, hue=0.1, jitter_p=0.8, blur_p=0.5, flip_p=0.5),
 }
+PIPELINES = tuple(_CONFIGS)  # the one list of pipeline names (config validates ``augment`` against it)
+CROP_SCALE = _COMMON["scale"]  # RandomResizedCrop's area range in both of the seed's pipelines
+
+
+def seeded_generator(device, *seeds: int) -> torch.Generator:
+    """A generator on ``device`` seeded from several integers (run seed, epoch, purpose, rank): the one
+    source of a run's randomness in data order and augmentation, so a resumed run repeats it exactly."""
+    g = torch.Generator(device=device)
+    value = 0
+    for s in seeds:
+        value = (value * 1_000_003 + s) % (2**62)
+    g.manual_seed(value)
+    return g
 
 
 # --------------------------------------------------------------------------- resampling
@@ -271,13 +282,20 @@ class BatchAugment:
     made by setting them after construction.
     """
 
-    def __init__(self, name: str, size: int = 32):
+    def __init__(self, name: str, size: int = 32, scale: tuple[float, float] | None = None):
         if name not in _CONFIGS:
             raise ValueError(f"unknown augmentation pipeline {name!r}; allowed: {', '.join(PIPELINES)}")
         self.name = name
         self.size = int(size)
         for key, value in _CONFIGS[name].items():
             setattr(self, key, value)
+        if scale is not None:  # the crop's area range (Config.crop_scale)
+            self.scale = tuple(scale)
+
+    @classmethod
+    def for_config(cls, cfg) -> "BatchAugment":
+        """The pipeline a run's config names, at its image size and crop scale."""
+        return cls(cfg.augment, cfg.image_size, cfg.crop_scale)
 
     def __repr__(self) -> str:
         return f"BatchAugment({self.name!r}, size={self.size})"

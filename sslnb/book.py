@@ -11,10 +11,17 @@ Notebook outputs are never written into ``book/``: the sources stay output-free.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from .config import ConfigError
+from .data import DatasetUnavailable
+from .experiments import CHAPTERS, all_runs, chapter_runs
+from .runs import LaunchError, launch, missing_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / "_stage"
@@ -81,8 +88,6 @@ KERNEL_START_TRIES = 3
 
 def _execute_one(nb: Path, out: Path, parameters: dict, timeout: int) -> str | None:
     """Execute one chapter; returns a one-line error or None. (Top level: runs in a worker process.)"""
-    import os
-
     import papermill as pm
 
     os.environ["SSLNB_STATIC_WIDGETS"] = "1"  # the kernel inherits it: explorers pre-render for the site
@@ -102,15 +107,12 @@ def _execute_one(nb: Path, out: Path, parameters: dict, timeout: int) -> str | N
 
 
 def _all_trained(selected: list[Path], parameters: dict) -> bool:
-    from .experiments import CHAPTERS, chapter_runs
-    from .runs import run_name
-
     root = Path(parameters.get("run_root", "runs"))
     for nb in selected:
         if nb.stem not in CHAPTERS:
             return False
         configs = chapter_runs(nb.stem, parameters.get("preset", "cpu"), parameters.get("dataset"))
-        if not all((root / run_name(c) / "result.json").exists() for c in configs.values()):
+        if missing_runs(configs.values(), root):
             return False
     return True
 
@@ -119,8 +121,6 @@ def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600
             stage_dir: Path = STAGE, jobs: int = 2) -> list[Path]:
     """Execute every chapter (or those named in ``only``) into ``stage_dir/book``, ``jobs`` at a time
     (a chapter mostly waits on one thread: t-SNE, plotting; two use a 2-core laptop's cores)."""
-    from concurrent.futures import ProcessPoolExecutor
-
     selected = [nb for nb in chapters() if not only or nb.stem in only]
     for nb in selected:  # refuse a typo before anything runs
         check_parameters(nb, parameters)
@@ -160,9 +160,6 @@ def build(strict: bool = True, stage_dir: Path = STAGE, out_dir: Path = ROOT, qu
 def train_all(preset: str, run_root: str, device: str, dataset: str | None = None, jobs: int = 2,
               data_root: str = "data") -> None:
     """Train every run any chapter needs (each once), ``jobs`` at a time."""
-    from .experiments import all_runs
-    from .runs import launch
-
     configs = all_runs(preset, dataset, device, data_root)
     print(f"{len(configs)} runs at preset {preset} under {run_root}", flush=True)
     launch(configs, run_root, jobs=jobs)
@@ -198,15 +195,10 @@ def main(argv=None) -> int:
             execute(params, args.chapters)
         else:
             build()
-    except Exception as e:  # one line for the user; the run directories keep what was done
-        from .config import ConfigError
-        from .data import DatasetUnavailable
-        from .runs import LaunchError
-
-        if isinstance(e, (BookError, ConfigError, DatasetUnavailable, LaunchError)):
-            print(f"{p.prog} {args.step}: error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except (BookError, ConfigError, DatasetUnavailable, LaunchError) as e:
+        # one line for the user; the run directories keep what was done
+        print(f"{p.prog} {args.step}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 
-METHODS = ("byol", "simclr", "insdis", "supervised")
+from .augment import CROP_SCALE, PIPELINES
+from .data import DATASETS, DIGITS_STYLE
+
+METHODS = ("byol", "simclr", "insdis", "supervised")  # the one list (sslnb.methods maps each to its class)
 SIMCLR_LOSSES = ("seed", "standard")
 INSDIS_LOSSES = ("softmax", "nce")
 INSDIS_HEADS = ("linear", "mlp")
-DATASETS = ("digits", "cifar10", "cifar100")
 NETWORKS = ("resnet18", "resnet50")
-AUGMENTS = ("normal", "aug+")
+AUGMENTS = PIPELINES  # defined by sslnb.augment, where the pipelines are
 LR_SCHEDULES = ("step", "cos")
 TARGET_INITS = ("independent", "copy")
 VIEW_BN = ("separate", "joint")
@@ -50,6 +53,9 @@ class Config:
     train_size: int = 0  # 0 = the whole train split; otherwise the first N images of a fixed shuffle
     data_root: str = "data"
     download: bool = True  # fetch CIFAR with torchvision where the files are missing
+    # the embedded digits rendered differently: entries of sslnb.data.DIGITS_STYLE that differ from it
+    # (e.g. {"shift": 0} for centred digits); {} = the standard rendering
+    digits_style: dict = field(default_factory=dict)
 
     # optimisation (seed-protocol section 4)
     epochs: int = 201
@@ -62,6 +68,7 @@ class Config:
     lr_milestones: tuple[int, ...] = (160, 190, 200)
     lr_decay: float = 0.1
     augment: str = "aug+"
+    crop_scale: tuple[float, ...] = CROP_SCALE  # the random crop's area range (the seed's 0.2-1 in both pipelines)
     seed: int = 0
 
     # BatchNorm, as named behaviour (seed-protocol sections 2 and 9)
@@ -116,6 +123,10 @@ class Config:
             value = getattr(self, f.name)
             if f.type.startswith("tuple") and isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
+        if isinstance(self.crop_scale, tuple) and all(_is_number(v) for v in self.crop_scale):
+            object.__setattr__(self, "crop_scale", tuple(float(v) for v in self.crop_scale))
+        if isinstance(self.digits_style, dict):
+            object.__setattr__(self, "digits_style", _normal_style(self.digits_style))
         validate(self)
 
     # ------------------------------------------------------------------ construction
@@ -207,6 +218,28 @@ _PRESET_VALUES: dict[str, dict[str, dict]] = {
 
 
 # ---------------------------------------------------------------------- validation
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _normal_style(style: dict) -> dict:
+    """``digits_style`` in one canonical form, so that equal renderings give equal configs (and run
+    names): pairs as lists of floats, numbers as floats, entries equal to the default dropped, keys
+    sorted. Entries it cannot read are kept as they are for :func:`validate` to name."""
+    out = {}
+    for key in sorted(style):
+        value = style[key]
+        if isinstance(value, (list, tuple)) and all(_is_number(v) for v in value):
+            value = [float(v) for v in value]
+        elif _is_number(value):
+            value = float(value)
+        default = DIGITS_STYLE.get(key)
+        if default is not None and value == (list(default) if isinstance(default, tuple) else default):
+            continue
+        out[key] = value
+    return out
+
+
 def _check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
@@ -219,7 +252,7 @@ def _check(name: str, ok: bool, expected: str, value) -> None:
 
 def validate(c: Config) -> None:
     """Raise :class:`ConfigError` (one line, naming the field) on the first bad setting."""
-    for name, allowed in [("method", METHODS), ("dataset", DATASETS), ("network", NETWORKS),
+    for name, allowed in [("method", METHODS), ("network", NETWORKS),
                           ("augment", AUGMENTS), ("lr_schedule", LR_SCHEDULES), ("optimizer", ("sgd", "adam")), ("ema_schedule", ("fixed", "cos")),
                           ("target_init", TARGET_INITS), ("view_bn", VIEW_BN), ("probe", PROBES),
                           ("simclr_loss", SIMCLR_LOSSES), ("insdis_loss", INSDIS_LOSSES),
@@ -228,6 +261,19 @@ def validate(c: Config) -> None:
                           ("simclr_gather", SIMCLR_GATHER)]:
         _check_choice(name, getattr(c, name), allowed)
     _check_choice("preset", c.preset, PRESETS + ("",))
+    _check_choice("dataset", c.dataset, DATASETS)
+    lo_hi = isinstance(c.crop_scale, tuple) and len(c.crop_scale) == 2 and all(_is_number(v) for v in c.crop_scale)
+    _check("crop_scale", lo_hi and 0 < c.crop_scale[0] <= c.crop_scale[1] <= 1,
+           "two numbers 0 < lo <= hi <= 1, such as 0.2,1", c.crop_scale)
+    _check("digits_style", isinstance(c.digits_style, dict), "a dict of sslnb.data.DIGITS_STYLE entries", c.digits_style)
+    for key, value in c.digits_style.items():
+        _check("digits_style", key in DIGITS_STYLE, f"entries of {', '.join(DIGITS_STYLE)}", key)
+        if isinstance(DIGITS_STYLE[key], tuple):
+            ok = (isinstance(value, list) and len(value) == 2 and all(_is_number(v) and math.isfinite(v) for v in value)
+                  and value[0] <= value[1])
+            _check(f"digits_style[{key!r}]", ok, "two numbers lo <= hi", value)
+        else:
+            _check(f"digits_style[{key!r}]", _is_number(value) and math.isfinite(value), "a number", value)
     code_ok = isinstance(c.bn_code, str) and len(c.bn_code) == 3 and set(c.bn_code) <= {"0", "1"}
     _check("bn_code", code_ok, "three bits BN1 BN2 BN3 such as '111', '101' or '000'", c.bn_code)
     for name in ("width", "epochs", "batch_size", "image_size", "bn_groups", "proj_dim", "knn_k", "nce_k",
@@ -283,8 +329,15 @@ def parse_value(name: str, text: str):
             return int(text)
         if kind == "float":
             return float(text)
+        if kind.startswith("tuple[float"):
+            return tuple(float(t) for t in str(text).split(",") if t.strip() != "")
         if kind.startswith("tuple"):
             return tuple(int(t) for t in str(text).split(",") if t.strip() != "")
+        if kind == "dict":
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not allowed; expected a value of type {kind}") from None
     return str(text)

@@ -22,6 +22,24 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 TRAIN_SIZES = {"digits": 3000, "cifar10": 50000, "cifar100": 50000}
+DATASETS = tuple(TRAIN_SIZES)  # the one list of dataset names (config validates against it)
+
+
+def batches_per_epoch(n: int, batch_size: int, bn_groups: int, world_size: int = 1) -> int:
+    """Optimiser steps in one epoch over ``n`` images. The seed kept the last, smaller batch
+    (drop_last=False); it is dropped only if BatchNorm cannot use it (fewer than 2 samples per BN group),
+    or if several processes would have to split it unevenly."""
+    if world_size > 1:
+        return n // batch_size
+    return n // batch_size + (n % batch_size >= 2 * bn_groups)
+
+
+def steps_per_epoch(cfg) -> int:
+    """Optimiser steps per epoch of a run's config (any object with the Config fields), without
+    loading the data: for progress bars and for placing step records on an epoch axis."""
+    n = TRAIN_SIZES[cfg.dataset]
+    n = min(n, cfg.train_size) if cfg.train_size else n
+    return batches_per_epoch(n, cfg.batch_size, cfg.bn_groups, cfg.world_size)
 
 
 class DatasetUnavailable(RuntimeError):
@@ -66,19 +84,26 @@ class ImageData:
         return (x - mean) / std
 
 
-def load_dataset(name: str, root: str | Path = "data", download: bool = True, train_size: int = 0) -> ImageData:
-    """Load ``digits``, ``cifar10`` or ``cifar100``. ``train_size`` > 0 keeps a fixed random subset."""
+def load_dataset(name: str, root: str | Path = "data", download: bool = True, train_size: int = 0,
+                 digits_style: dict | None = None) -> ImageData:
+    """Load ``digits``, ``cifar10`` or ``cifar100``. ``train_size`` > 0 keeps a fixed random subset;
+    ``digits_style`` overrides entries of ``DIGITS_STYLE`` (the embedded digits only)."""
     if name == "digits":
-        data = make_digits()
+        data = make_digits(**(digits_style or {}))
     elif name in ("cifar10", "cifar100"):
         data = load_cifar(name, Path(root), download)
     else:
-        raise ValueError(f"dataset={name!r} is not allowed; choose one of: digits, cifar10, cifar100")
+        raise ValueError(f"dataset={name!r} is not allowed; choose one of: {', '.join(DATASETS)}")
     if 0 < train_size < len(data.train):
         keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1234))[:train_size]
         keep = keep.sort().values
         data.train = Split(data.train.x[keep], data.train.y[keep])
     return data
+
+
+def dataset_of(cfg) -> ImageData:
+    """The data a run's config (any object with the Config fields) trains and evaluates on."""
+    return load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.train_size, cfg.digits_style)
 
 
 # ---------------------------------------------------------------------- CIFAR

@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .norm import _GhostBatchNorm
+from .config import ConfigError
+from .norm import GhostBatchNorm
 
 # How long a rank waits in a collective for the others before it gives up (a dead peer).
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("SSLNB_DIST_TIMEOUT", "1800")))
@@ -37,6 +38,16 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda where a GPU is visible, else cpu; a cuda device asked for where none is visible is
+    a one-line :class:`~sslnb.config.ConfigError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} is not allowed here: no CUDA device is visible; use cpu or auto")
+    return torch.device(name)
+
+
 def init(device: str = "auto", rank: int | None = None, world_size: int | None = None,
          init_method: str | None = None) -> torch.device:
     """Join the process group if there is one; return this process's device.
@@ -45,8 +56,6 @@ def init(device: str = "auto", rank: int | None = None, world_size: int | None =
     explicitly with a ``tcp://`` or ``file://`` ``init_method``. On GPUs each process takes
     ``cuda:LOCAL_RANK``; on CPUs the backend is gloo.
     """
-    from .train import resolve_device
-
     resolved = resolve_device(device)
     if world_size is None and not launched():
         return resolved
@@ -250,7 +259,7 @@ def configure_batchnorm(module: nn.Module, mode: str, bn_groups: int) -> nn.Modu
     else:
         per_rank = 1
     for m in module.modules():
-        if isinstance(m, _GhostBatchNorm):
+        if isinstance(m, GhostBatchNorm):
             m.groups = per_rank
     if mode == "sync" and world > 1:
         module = _convert_sync(module)

@@ -1,4 +1,10 @@
-"""Evaluation: the kNN monitor, the seed's linear probe, collapse diagnostics and feature extraction."""
+"""Evaluation: everything measured about a network, per epoch and at the end of a run.
+
+The kNN monitor, the seed's linear probe, collapse diagnostics and feature extraction, then what the
+trainer records: :func:`epoch_record` after every epoch and :func:`final_result` once at the end (the
+trainer only writes what these return). The analyses the chapters show (references, the gradient
+share of NT-Xent's negatives, what features encode) are here too, each with a test.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,13 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 from torch import nn
 
-from .augment import resize_batch
-from .data import ImageData, Split
+from .augment import BatchAugment, resize_batch, seeded_generator
+from .config import Config
+from .data import ImageData, Split, dataset_of
+from .methods import Method, build_method
 
 
 @torch.no_grad()
@@ -146,12 +155,11 @@ def nuisance_knn(features: np.ndarray, params: dict, labels: np.ndarray | None =
     return out
 
 
-def raw_pixel_knn(cfg) -> float:
+def raw_pixel_knn(cfg: Config, data: ImageData | None = None) -> float:
     """kNN accuracy (%) of the raw test pixels against the raw train pixels, at ``cfg``'s image size and
-    kNN settings: the floor a learned representation has to clear."""
-    from .data import load_dataset
-
-    data = load_dataset(cfg.dataset, cfg.data_root, download=False, train_size=cfg.train_size)
+    kNN settings: the floor a learned representation has to clear. ``data``: the run's data if already
+    loaded (otherwise it is loaded from ``cfg``, never downloaded)."""
+    data = data or dataset_of(cfg.replace(download=False))
     return knn_accuracy(pixel_features(data.train, cfg.image_size), data.train.y,
                         pixel_features(data.test, cfg.image_size), data.test.y,
                         data.num_classes, cfg.knn_k, cfg.knn_t)
@@ -179,8 +187,6 @@ def uniformity(z: torch.Tensor, t: float = 2.0, max_points: int = 2000) -> float
 def mean_and_interval(values, confidence: float = 0.95) -> dict[str, float]:
     """Mean, sample standard deviation and a Student-t confidence interval of the mean of ``values``
     (repeated runs of one setting). With one value the spread is unknown (nan)."""
-    from scipy import stats
-
     v = np.asarray(values, dtype=float)
     n, mean = len(v), float(v.mean())
     if n < 2:
@@ -213,11 +219,11 @@ def recalibrate_batchnorm(model: nn.Module, batches) -> nn.Module:
     return model.eval()
 
 
-def untrained_knn_with_calibrated_bn(cfg, data: ImageData, device="cpu") -> float:
+def untrained_knn_with_calibrated_bn(cfg: Config, data: ImageData | None = None, device="cpu") -> float:
     """kNN accuracy (%) of the untrained network of ``cfg`` (built from its seed, as every run's random
-    init is) after :func:`recalibrate_batchnorm` on the clean training images."""
-    from .methods import build_method
-
+    init is) after :func:`recalibrate_batchnorm` on the clean training images (``data``: loaded from
+    ``cfg`` when not given)."""
+    data = data or dataset_of(cfg.replace(download=False))
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, data.num_classes, len(data.train)).to(device)
     batches = (data.normalize(resize_batch(data.train.x[i:i + 256].to(device).float().div(255), cfg.image_size))
@@ -226,3 +232,121 @@ def untrained_knn_with_calibrated_bn(cfg, data: ImageData, device="cpu") -> floa
     train_h, _ = extract(method.embed, data.train, data, cfg.image_size, device)
     test_h, _ = extract(method.embed, data.test, data, cfg.image_size, device)
     return knn_accuracy(train_h, data.train.y, test_h, data.test.y, data.num_classes, cfg.knn_k, cfg.knn_t)
+
+
+# ---------------------------------------------------------------------- what a run records
+@torch.no_grad()
+def augmented_pair(method: Method, data: ImageData, cfg: Config, device, n: int = 500):
+    """Projections z of two augmented views of the first ``n`` test images (fixed randomness), eval mode:
+    two (n, d) tensors on the CPU."""
+    augment = BatchAugment.for_config(cfg)
+    g = seeded_generator(device, cfg.seed, 7)
+    x = data.test.x[:n].to(device).float().div_(255)
+    return [torch.cat([method.embed(data.normalize(augment(chunk, g)))[1].float().cpu()
+                       for chunk in x.split(500)]) for _ in range(2)]
+
+
+def epoch_record(method: Method, data: ImageData, cfg: Config, device) -> dict:
+    """What is measured after every epoch (and of the untrained network, as epoch 0): kNN accuracy of the
+    last-conv feature h and of the projection z, collapse diagnostics of z (per-dimension std, effective
+    rank), Wang & Isola's alignment (two augmented views of 500 test images) and uniformity (test images),
+    and any kNN monitor the method adds (:meth:`~sslnb.methods.base.Method.knn_banks`)."""
+    was_training = method.training
+    method.eval()
+    train_h, train_z = extract(method.embed, data.train, data, cfg.image_size, device)
+    test_h, test_z = extract(method.embed, data.test, data, cfg.image_size, device)
+    z1, z2 = augmented_pair(method, data, cfg, device)
+    method.train(was_training)
+    knn = lambda a, b: knn_accuracy(a, data.train.y, b, data.test.y, data.num_classes, cfg.knn_k, cfg.knn_t)  # noqa: E731
+    record = {"knn": knn(train_h, test_h), "knn_z": knn(train_z, test_z), **collapse_stats(test_z),
+              "alignment": alignment(z1, z2), "uniformity": uniformity(test_z)}
+    for name, bank in method.knn_banks().items():
+        record[name] = knn(bank.float().cpu(), test_z)
+    return record
+
+
+def final_result(method: Method, data: ImageData, cfg: Config, device, epochs: list[dict]) -> tuple[dict, dict]:
+    """What is measured once at the end of a run, from the trained ``method`` and its epoch records.
+
+    Returns ``(result, features)``: ``result`` the contents of ``result.json`` without wall time (final
+    kNN, the untrained network's, collapse diagnostics, the seed's linear probe, and the test accuracy of
+    a method trained with labels); ``features`` the test features for t-SNE: h (N, D), z (N, d) as
+    float16 arrays and y (N,).
+    """
+    method.eval()
+    test_h, test_z = extract(method.embed, data.test, data, cfg.image_size, device)
+    features = {"h": test_h.half().numpy(), "z": test_z.half().numpy(), "y": data.test.y.numpy()}
+    last = epochs[-1]
+    result = {"status": "done", "epochs": cfg.epochs, "knn": last["knn"], "knn_z": last["knn_z"],
+              "knn_init": epochs[0]["knn"], "z_std": last["z_std"], "z_std_ref": last["z_std_ref"],
+              "eff_rank": last["eff_rank"], "alignment": last.get("alignment"),
+              "uniformity": last.get("uniformity"), "train_images": len(data.train), "test_images": len(data.test)}
+    if cfg.probe == "seed":
+        train_h, _ = extract(method.embed, data.train, data, cfg.image_size, device)
+        train_h_flip, _ = extract(method.embed, data.train, data, cfg.image_size, device, flip=True)
+        probe = linear_probe(train_h, train_h_flip, data.train.y, test_h, data.test.y, data.num_classes,
+                             cfg.probe_epochs, cfg.probe_lr, cfg.probe_milestones, seed=cfg.seed, device=device)
+        result.update(probe_last=probe["last"], probe_best=probe["best"], probe_curve=probe["curve"])
+    with torch.no_grad():
+        logits = [method.predict(h.to(device)) for h in test_h.split(1024)]
+    if logits[0] is not None:
+        pred = torch.cat([lg.cpu() for lg in logits]).argmax(1)
+        result["test_acc"] = 100.0 * (pred == data.test.y).float().mean().item()
+    return result, features
+
+
+# ---------------------------------------------------------------------- judging results
+CLEAR_MARGIN = 5.0  # points of accuracy by which a result must beat a reference to count as beating it
+
+
+def compare_with_references(score: float, untrained: float, pixels: float, margin: float = CLEAR_MARGIN) -> str:
+    """Which references a kNN ``score`` clearly beats (by ``margin`` points): ``"both"`` (the untrained
+    network and raw pixels), ``"untrained"`` (only the untrained network) or ``"neither"``. One rule for
+    every chapter's verdict."""
+    if score - max(untrained, pixels) >= margin:
+        return "both"
+    if score - untrained >= margin:
+        return "untrained"
+    return "neither"
+
+
+COLLAPSE_FRACTION = 0.1  # z_std below this fraction of 1/sqrt(d) counts as collapsed
+
+
+def collapsed(result: dict) -> bool:
+    """Whether a run's projections collapsed: the per-dimension std of its normalised z is below
+    ``COLLAPSE_FRACTION`` of the well-spread value 1/sqrt(d) (``result``: a run's ``result.json``)."""
+    return result["z_std"] < COLLAPSE_FRACTION * result["z_std_ref"]
+
+
+def negative_gradient_share(z1: torch.Tensor, z2: torch.Tensor, temperature: float, anchor: int = 0) -> np.ndarray:
+    """How NT-Xent spreads its push over the negatives, for one anchor.
+
+    ``z1``, ``z2`` (B, d): two views' projections; the anchor is ``z1[anchor]``, its positive
+    ``z2[anchor]`` and its 2B - 2 negatives the other rows of both. The loss's gradient with respect to
+    each negative's cosine is the softmax weight that pushes it away; returns the cumulative share of the
+    total push, negatives sorted hardest (most similar) first, shape (2B - 2,). Low temperatures
+    concentrate the push on the hardest few (Wang & Liu, 2021).
+    """
+    b = len(z1)
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    sims = (z[anchor] @ z.T).detach().clone().requires_grad_(True)  # (2B,)
+    others = torch.cat([torch.arange(anchor), torch.arange(anchor + 1, 2 * b)])
+    logits = sims[others] / temperature
+    positive = int((others == b + anchor).nonzero())
+    loss = -torch.log_softmax(logits, 0)[positive]
+    (grad,) = torch.autograd.grad(loss, sims)
+    negatives = others[others != b + anchor]
+    push = grad[negatives].clamp_min(0)
+    order = torch.argsort(sims[negatives].detach(), descending=True)
+    return (push[order] / push.sum()).cumsum(0).numpy()
+
+
+def bn_affine_drift(state: dict, module: str) -> dict[str, float] | None:
+    """How far the BatchNorm of a head (``module``, e.g. ``"predictor"`` or ``"target.projector"``) moved
+    from its initial scale 1 and shift 0, in a saved model state: ``{"scale": max |gamma - 1|,
+    "shift": max |beta|}``, or None when that BatchNorm has no affine parameters (or does not exist)."""
+    w, b = state.get(f"{module}.bn.weight"), state.get(f"{module}.bn.bias")
+    if w is None:
+        return None
+    return {"scale": (w - 1).abs().max().item(), "shift": b.abs().max().item()}

@@ -1,14 +1,19 @@
 """What runs each chapter needs, as named configs for a preset.
 
-A chapter asks for its runs with ``chapter_runs("03_byol", preset)`` and hands them to
-``sslnb.runs.launch``; ``make book`` trains the union of every chapter's list before executing them
-(runs shared by chapters, such as the random-init reference, train once), so the chapters themselves
-only load finished runs.
+A chapter gets its runs with one call, ``load_chapter("03_byol", preset, ...)``: the named configs of
+``chapter_runs`` handed to ``sslnb.runs.launch``. ``make book`` trains the union of every chapter's list
+before executing them (runs shared by chapters, such as the random-init reference, train once), so the
+chapters themselves only load finished runs.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .config import Config
+from .methods import CLASSES
+from .rundir import run_name
+from .runs import Run, launch
 
 # InsDis temperature sweeps. The seed's: 0.05 ... 0.80, plus 0.90 and 1.00 in early README versions.
 INSDIS_TEMPERATURES = {
@@ -153,12 +158,18 @@ def chapter_runs(chapter: str, preset: str = "cpu", dataset: str | None = None, 
     return CHAPTERS[chapter](preset, dataset, device, data_root)
 
 
+def load_chapter(chapter: str, preset: str = "cpu", dataset: str | None = None, devices: str = "auto",
+                 data_root: str = "data", run_root: str | Path = "runs") -> dict[str, Run]:
+    """The finished runs chapter ``chapter`` shows, by label, training any that are missing (the
+    chapters' one call: their papermill parameters go straight in)."""
+    configs = chapter_runs(chapter, preset, dataset, devices, data_root)
+    return dict(zip(configs, launch(list(configs.values()), run_root)))
+
+
 def all_runs(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
              data_root: str = "data") -> list[Config]:
     """Every config the book needs at ``preset``, each once, longest first (so parallel training ends
     together)."""
-    from .runs import run_name
-
     unique = {}
     for chapter in CHAPTERS:
         for cfg in chapter_runs(chapter, preset, dataset, device, data_root).values():
@@ -168,5 +179,4 @@ def all_runs(preset: str = "cpu", dataset: str | None = None, device: str = "aut
 
 def _cost(cfg: Config) -> float:
     """Rough relative training cost: forwards per image times epochs."""
-    forwards = {"byol": 4, "simclr": 2, "insdis": 1, "supervised": 1}[cfg.method]
-    return forwards * cfg.epochs * (4 if cfg.network == "resnet50" else 1) * (1.3 if cfg.batch_size < 64 else 1)
+    return CLASSES[cfg.method].forwards * cfg.epochs * (4 if cfg.network == "resnet50" else 1) * (1.3 if cfg.batch_size < 64 else 1)

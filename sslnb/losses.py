@@ -82,6 +82,21 @@ def nt_xent_seed(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
     return F.cross_entropy(logits / temperature, own)
 
 
+def logit_matrices(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits (before dividing by the temperature) that the two SimCLR losses use, to look at.
+
+    ``z1``, ``z2`` (B, D), normalised here. Returns the standard NT-Xent's (2B, 2B) cosines between all
+    views, [z1; z2] against itself, with NaN on the excluded diagonal (row i's positive is column i + B,
+    and i - B below), and the seed's (B, B) ``S + S^T - diag(S)`` with ``S = z1 z2^T`` (positives on the
+    diagonal; see :func:`nt_xent_seed`).
+    """
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    z = torch.cat([z1, z2])
+    standard = (z @ z.T).fill_diagonal_(float("nan"))
+    s = z1 @ z2.T
+    return standard, s + s.T - torch.diag_embed(s.diagonal())
+
+
 def insdis_softmax(f: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, temperature: float) -> torch.Tensor:
     """Instance discrimination with a full softmax over the memory bank (the seed's ``PointLoss``, 3a).
 

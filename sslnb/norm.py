@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class _GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
+class GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
     def __init__(self, num_features: int, groups: int = 1, affine: bool = True, **kwargs):
         super().__init__(num_features, affine=affine, **kwargs)
         self.groups = groups
@@ -36,7 +36,7 @@ class _GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
         return super().extra_repr() + f", groups={self.groups}"
 
 
-class GhostBatchNorm1d(_GhostBatchNorm):
+class GhostBatchNorm1d(GhostBatchNorm):
     """BatchNorm1d over ``groups`` chunks of the batch. Input (B, C) or (B, C, L)."""
 
     def _check_input_dim(self, x):
@@ -44,7 +44,7 @@ class GhostBatchNorm1d(_GhostBatchNorm):
             raise ValueError(f"expected 2D or 3D input, got {x.dim()}D")
 
 
-class GhostBatchNorm2d(_GhostBatchNorm):
+class GhostBatchNorm2d(GhostBatchNorm):
     """BatchNorm2d over ``groups`` chunks of the batch. Input (B, C, H, W)."""
 
     def _check_input_dim(self, x):

@@ -1,4 +1,4 @@
-"""Figures and tables for the book: loss curves, t-SNE panels, and results beside the seed's numbers."""
+"""Figures and tables for the book: training curves, t-SNE panels, and results beside the seed's numbers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .runs import Run
+from .tsne import tsne, tsne_fast
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -14,50 +15,6 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
         return y
     kernel = np.ones(window) / window
     return np.convolve(np.pad(y, (window // 2, window - 1 - window // 2), mode="edge"), kernel, mode="valid")
-
-
-def _steps_per_epoch(steps: list[dict]) -> int:
-    """Optimiser steps in one epoch, from a run's step records (1 when there are none)."""
-    return max(1, sum(r["epoch"] == 1 for r in steps))
-
-
-def loss_curves(runs: list[Run], labels: list[str] | None = None, ax=None, smooth: int = 10):
-    """Per-step loss (thin, smoothed over ``smooth`` steps) and per-epoch mean (markers) against epochs."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
-    for i, run in enumerate(runs):
-        label = labels[i] if labels else run.name
-        steps = run.records("step")
-        color = f"C{i}"
-        if steps:
-            per_epoch = _steps_per_epoch(steps)
-            x = np.array([r["step"] for r in steps]) / per_epoch
-            ax.plot(x, _smooth(np.array([r["loss"] for r in steps]), smooth), color=color, lw=0.8, alpha=0.6)
-        ex, ey = run.metric("loss")
-        ax.plot(ex, ey, "o-", color=color, ms=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
-    ax.legend(fontsize=8)
-    return ax
-
-
-def metric_curves(runs: list[Run], metric: str = "knn", labels=None, ax=None, reference: float | None = None,
-                  reference_label: str = ""):
-    """One epoch metric (``knn``, ``z_std``, ``eff_rank`` ...) against epochs, epoch 0 = random init."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
-    for i, run in enumerate(runs):
-        x, y = run.metric(metric)
-        ax.plot(x, y, "o-", ms=3, color=f"C{i}", label=labels[i] if labels else run.name)
-    if reference is not None:
-        ax.axhline(reference, color="grey", ls="--", lw=1, label=reference_label)
-    ax.set_xlabel("epoch (0 = random initialisation)")
-    ax.set_ylabel({"knn": "kNN accuracy (%)", "z_std": "std of normalised z", "eff_rank": "effective rank"}
-                  .get(metric, metric))
-    ax.legend(fontsize=8)
-    return ax
 
 
 # How many test points the t-SNE pictures use per preset (the seed used all 10,000 CIFAR test images).
@@ -91,11 +48,7 @@ def tsne_embedding(features: np.ndarray, cache: Path | None = None, perplexity: 
 
 def _tsne(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     if len(features) <= 3000:
-        from .tsne import tsne
-
         return tsne(features, perplexity=perplexity, seed=seed)
-    from .tsne import tsne_fast
-
     return tsne_fast(features, perplexity=perplexity, seed=seed, metric="cosine", threads=1)
 
 
@@ -150,20 +103,25 @@ CURVE_METRICS = {
     "loss": "training loss",
     "knn": "kNN accuracy, last conv (%)",
     "knn_z": "kNN accuracy, projection (%)",
+    "knn_bank": "kNN accuracy, feature vs memory bank (%)",
     "z_std": "std of normalised z (collapse: towards 0)",
     "eff_rank": "effective rank of z (collapse: towards 1)",
+    "alignment": "alignment (lower: views agree)",
+    "uniformity": "uniformity (lower: more spread)",
     "lr": "learning rate",
 }
 
 
 def curves(ax, runs: dict[str, Run], metric: str = "loss", log: bool = False, smooth: int = 1,
-           x: str = "epoch") -> None:
-    """One metric of several runs ({label: Run}) against epochs or optimiser steps. Per-step series
-    (``loss``, ``lr``) are drawn as lines, the loss smoothed with a ``smooth``-step moving average;
-    per-epoch metrics as markers. ``z_std`` gets the no-collapse reference 1/sqrt(dim) as a dotted line."""
+           x: str = "epoch", reference: float | None = None, reference_label: str = "") -> None:
+    """One metric of several runs ({label: Run}) against epochs or optimiser steps: the book's one curve
+    function (chapters and explorers). Per-step series (``loss``, ``lr``) are drawn as lines, the loss
+    smoothed with a ``smooth``-step moving average; per-epoch metrics as markers (epoch 0 = the random
+    initialisation). ``z_std`` gets the no-collapse reference 1/sqrt(dim) as a dotted line; any other
+    horizontal ``reference`` (e.g. the untrained network's kNN) is dashed."""
     for i, (label, run) in enumerate(runs.items()):
         style = dict(color=f"C{i % 10}", ls="-" if i < 10 else "--", label=label)
-        per_epoch = _steps_per_epoch(run.records("step"))
+        per_epoch = run.steps_per_epoch
         sx, sy = run.metric(metric, "step")
         if sx:
             xs = np.array(sx, float) / (per_epoch if x == "epoch" else 1)
@@ -176,6 +134,8 @@ def curves(ax, runs: dict[str, Run], metric: str = "loss", log: bool = False, sm
         ref = next(iter(runs.values())).result.get("z_std_ref")
         if ref:
             ax.axhline(ref, color="grey", ls=":", lw=1, label="1/sqrt(dim): no collapse")
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls="--", lw=1, label=reference_label)
     ax.set_yscale("log" if log else "linear")
     ax.set_xlabel("epoch" if x == "epoch" else "optimiser step")
     ax.set_ylabel(CURVE_METRICS.get(metric, metric))
@@ -183,11 +143,15 @@ def curves(ax, runs: dict[str, Run], metric: str = "loss", log: bool = False, sm
         ax.legend(fontsize=7, ncols=2 if len(ax.lines) > 6 else 1)
 
 
-def results_table(rows: list[dict]):
-    """A pandas table from dicts; missing cells are shown as a dash."""
+def table(rows: list[dict], runs: dict, precision: int = 1, formats: dict | None = None):
+    """The book's one way to show a table: ``rows`` (dicts, one per row) as a styled pandas table with
+    ``precision`` decimals (``formats``: column -> format string, for the exceptions), a dash for a
+    missing cell, no index, and a caption saying which runs (``{label: Run}``) made its numbers. Cells
+    keep their Python types (an integer column with a gap still shows integers)."""
     import pandas as pd
 
-    return pd.DataFrame(rows).fillna("–")
+    return (pd.DataFrame(rows, dtype=object).style.format(formats or {}, precision=precision, na_rep="–")
+            .hide(axis="index").set_caption(table_caption(runs)))
 
 
 def provenance_markdown(runs: dict, what: str = "these numbers") -> str:

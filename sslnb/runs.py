@@ -1,23 +1,15 @@
-"""The run-directory contract, and launching the runs a chapter needs.
+"""Finished runs read back, and the runs a chapter needs trained: one, or many at a time.
 
-A run directory holds everything about one training run::
-
-    config.json      the full Config (the run's identity: same config, same directory name)
-    metrics.jsonl    one JSON record per line: {"kind": "step", ...} and {"kind": "epoch", ...}
-    checkpoint.pt    model, optimiser and progress, written atomically after every epoch
-    features.npz     test-set features for t-SNE: h (last conv), z (FC/projection), y (labels)
-    provenance.json  git commit, versions, device, threads, wall time, command
-    result.json      written last: final kNN, linear probe (last and best), collapse diagnostics
-
-A run without ``result.json`` is unfinished; ``launch`` resumes it from its checkpoint.
+:func:`load_run` and :func:`find_runs` read run directories (their files: :mod:`sslnb.rundir`);
+:func:`launch` makes sure a list of configs has finished runs, training only what is missing, in this
+process or in subprocesses (:func:`train_concurrently`, which also shares the GPUs of a box among runs
+for ``sslnb.schedule``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -25,91 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from .config import Config
-
-# Fields that do not change what is computed, so they do not enter a run's identity.
-_NOT_IDENTITY = ("device", "preset", "data_root", "download", "channels_last", "compile")
+from .data import steps_per_epoch
+from .rundir import read_records, run_name, steps_done, write_json_atomic
+from .train import train
 
 
 class LaunchError(RuntimeError):
     """A run could not be trained; the message is one line with the run's own error."""
-
-
-def run_name(cfg: Config) -> str:
-    """A readable, unique directory name: ``byol-digits-111-normal-s0-1a2b3c4d``."""
-    # Only settings that differ from the defaults enter the digest, so that adding a new setting (with a
-    # default that keeps the old behaviour) does not rename every existing run.
-    default = Config()
-    ident = {k: v for k, v in cfg.to_dict().items()
-             if k not in _NOT_IDENTITY and v != getattr(default, k)}
-    if cfg.dataset == "digits":  # a new rendering of the embedded dataset is a new run
-        from .data import DIGITS_VERSION
-
-        ident["digits_version"] = DIGITS_VERSION
-    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
-    parts = [cfg.method, cfg.dataset]
-    if cfg.method == "byol":
-        parts.append(cfg.bn_code)
-    elif cfg.method == "simclr":
-        parts += [cfg.simclr_loss, f"t{cfg.temperature:g}"]
-    elif cfg.method == "insdis":
-        parts += [cfg.insdis_loss + ("-mlp" if cfg.insdis_head == "mlp" else ""), f"t{cfg.temperature:g}"]
-    parts += [cfg.augment.replace("+", "plus"), f"e{cfg.epochs}", f"s{cfg.seed}", digest]
-    return "-".join(parts)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def save_atomic(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written file."""
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------- provenance
-def git_commit(cwd: Path | None = None) -> str:
-    root = Path(cwd or Path(__file__).resolve().parent)
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
-
-
-def device_name(device) -> str:
-    import torch
-
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
-
-
-def provenance(device) -> dict:
-    import torch
-
-    return {"git_commit": git_commit(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": str(device), "device_name": device_name(device), "host": platform.node(),
-            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-            "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 # ---------------------------------------------------------------------- reading runs
@@ -140,9 +58,13 @@ class Run:
         stat = path.stat()
         version = (stat.st_mtime_ns, stat.st_size)
         if self._parsed.get("version") != version:
-            parsed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            self._parsed = {"version": version, "records": parsed}
+            self._parsed = {"version": version, "records": read_records(self.path)}
         return [rec for rec in self._parsed["records"] if rec.get("kind") == kind]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch of this run."""
+        return steps_per_epoch(self.config)
 
     def metric(self, name: str, kind: str = "epoch") -> tuple[list, list]:
         """(x, values) of one metric; x is the epoch for epoch records, the step for step records."""
@@ -154,8 +76,14 @@ class Run:
         return xs, ys
 
     def features(self) -> dict[str, np.ndarray]:
+        """Test-set features for t-SNE: ``h`` (N, D) last conv, ``z`` (N, d) projection, ``y`` (N,) labels."""
         with np.load(self.path / "features.npz") as f:
             return {k: f[k] for k in f.files}
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The trained model's parameters and buffers from ``checkpoint.pt``, on the CPU (loaded with
+        ``weights_only=True``: a checkpoint holds only tensors and plain data)."""
+        return torch.load(self.path / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
 
     def caption(self) -> str:
         """One line of provenance for a figure or a table."""
@@ -189,6 +117,12 @@ def find_runs(run_root: str | Path = "runs", done: bool = True, **where) -> list
 
 
 # ---------------------------------------------------------------------- launching
+def missing_runs(configs, run_root: str | Path = "runs") -> list[tuple[Config, Path]]:
+    """``(config, run directory)`` of each config without a finished run under ``run_root``, in order."""
+    pairs = [(cfg, Path(run_root) / run_name(cfg)) for cfg in configs]
+    return [(cfg, path) for cfg, path in pairs if not (path / "result.json").exists()]
+
+
 def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: int = 1) -> list[Run]:
     """Make sure every config has a finished run under ``run_root``; train only what is missing.
 
@@ -198,14 +132,11 @@ def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: 
     one after the other), with one progress bar per run. Returns the runs in the order of ``configs``.
     """
     configs = [configs] if isinstance(configs, Config) else list(configs)
-    root = Path(run_root)
-    paths = [root / run_name(cfg) for cfg in configs]
-    missing = [(cfg, path) for cfg, path in zip(configs, paths) if not (path / "result.json").exists()]
+    paths = [Path(run_root) / run_name(cfg) for cfg in configs]
+    missing = missing_runs(configs, run_root)
     if missing and jobs > 1 and len(missing) > 1:
-        _train_in_subprocesses(missing, jobs, progress)
+        train_concurrently(missing, [None] * jobs, progress=progress, threads=1)
     else:
-        from .train import train
-
         for i, (cfg, path) in enumerate(missing):
             if progress:
                 print(f"[{i + 1}/{len(missing)}] training {path}", flush=True)
@@ -220,17 +151,99 @@ def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: 
     return runs
 
 
-def _steps_done(path: Path) -> int:
-    try:
-        with open(path / "metrics.jsonl", "rb") as f:
-            return f.read().count(b'"kind": "step"')
-    except OSError:
-        return 0
+# ---------------------------------------------------------------------- many runs in subprocesses
+@dataclass
+class Job:
+    cfg: Config
+    path: Path
+    devices: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    seconds: float = 0.0
+    status: str = "queued"  # queued | running | done | failed | kept (finished before)
 
 
-def _train_in_subprocesses(missing, jobs: int, progress: bool) -> None:
-    """Train (config, path) pairs with ``python -m sslnb.train`` subprocesses, ``jobs`` at a time, one
-    CPU thread each (``sslnb.schedule`` shares devices the same way on a GPU box)."""
-    from .schedule import train_concurrently
+def launcher(world_size: int = 1) -> list[str]:
+    """The start of a command that runs ``-m MODULE ...`` in ``world_size`` processes: this Python for
+    one, ``torchrun`` (``python -m torch.distributed.run --standalone``) for several."""
+    if world_size == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}"]
 
-    train_concurrently(missing, [None] * jobs, progress=progress, threads=1)
+
+def train_command(run_dir: Path, world_size: int = 1) -> list[str]:
+    """The command that trains ``run_dir`` from its ``config.json``, in ``world_size`` processes."""
+    return [*launcher(world_size), "-m", "sslnb.train", "--quiet", "--run-dir", str(run_dir),
+            "--config", str(Path(run_dir) / "config.json")]
+
+
+def _log(path: Path | None, **event) -> None:
+    if path is not None:
+        with open(path, "a") as f:
+            f.write(json.dumps({"time": time.time(), **event}) + "\n")
+
+
+def train_concurrently(pairs, devices: list[str | None], progress: bool = True, threads: int | None = None,
+                       log_path: Path | None = None, poll_s: float = 1.0) -> list[Job]:
+    """Train ``(config, run_dir)`` pairs as subprocesses sharing ``devices``.
+
+    ``devices`` are device ids (``"0"``, ``"1"``, ...; each job's ``CUDA_VISIBLE_DEVICES``) or ``None``
+    for plain CPU slots. A job starts when ``world_size`` devices are free, in queue order, except that a
+    smaller job may start while a larger one waits for devices. ``threads`` sets each process's CPU
+    threads (default: the cores shared evenly). Each run's output goes to ``RUN_DIR/train.log``; a failed
+    run does not stop the others. Returns the jobs with their status and seconds.
+    """
+    jobs = [Job(cfg, Path(path)) for cfg, path in pairs]
+    too_big = [j for j in jobs if j.cfg.world_size > len(devices)]
+    if too_big:
+        raise ValueError(f"{too_big[0].path.name} needs {too_big[0].cfg.world_size} devices; "
+                         f"only {len(devices)} were given")
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, len(devices)))
+    free = list(devices)
+    queue, running = list(jobs), []
+    total = tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress, position=0)
+    bars = {}
+    while queue or running:
+        for job in list(queue):
+            if job.cfg.world_size <= len(free):
+                job.devices = [free.pop(0) for _ in range(job.cfg.world_size)]
+                queue.remove(job)
+                _start(job, threads)
+                running.append(job)
+                _log(log_path, event="start", run=job.path.name, devices=job.devices)
+                bars[job.path] = tqdm(total=job.cfg.epochs * steps_per_epoch(job.cfg), desc=job.path.name[:40],
+                                      unit="step", disable=not progress, leave=False,
+                                      position=1 + len(running) % max(1, len(devices)))
+        time.sleep(poll_s)
+        for job in list(running):
+            bar = bars[job.path]
+            bar.update(steps_done(job.path) - bar.n)
+            code = job.proc.poll()
+            if code is None:
+                continue
+            job.seconds = time.time() - job.started
+            job.status = "done" if code == 0 else "failed"
+            running.remove(job)
+            free.extend(job.devices)
+            bar.close()
+            total.update(1)
+            _log(log_path, event="end", run=job.path.name, devices=job.devices, status=job.status, code=code)
+            where = f" on device {','.join(job.devices)}" if job.devices[0] is not None else ""
+            total.write(f"{job.path.name}: {job.status}{where} in {job.seconds / 60:.1f} min"
+                        + ("" if code == 0 else f" (exit {code}; see {job.path}/train.log)"))
+    total.close()
+    return jobs
+
+
+def _start(job: Job, threads: int) -> None:
+    job.path.mkdir(parents=True, exist_ok=True)
+    if not (job.path / "config.json").exists():
+        write_json_atomic(job.path / "config.json", job.cfg.to_dict())
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if job.devices[0] is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(job.devices)
+    with open(job.path / "train.log", "a") as log:
+        job.proc = subprocess.Popen(train_command(job.path, job.cfg.world_size), stdout=log,
+                                    stderr=subprocess.STDOUT, env=env)
+    job.started = time.time()
+    job.status = "running"

@@ -2,9 +2,11 @@
 
 It trains on the CPU, one GPU, or N processes under ``torchrun --nproc_per_node=N -m sslnb.train ...``
 (``sslnb.dist``: each process takes an equal share of every global batch; rank 0 writes the run
-directory), writes the run directory described in ``sslnb.runs`` and resumes an interrupted run from it. The loop is the seed's: SGD with the learning rate set at the start of every
-epoch, one optimiser step per batch, the method's ``after_step`` (EMA, memory bank) after it, then a
-kNN evaluation and an atomic checkpoint at the end of every epoch.
+directory), writes the run directory described in ``sslnb.rundir`` and resumes an interrupted run from
+it. The loop is the seed's: SGD with the learning rate set at the start of every epoch, one optimiser
+step per batch, the method's ``after_step`` (EMA, memory bank) after it, then the epoch's measurements
+(``sslnb.evaluate.epoch_record``) and an atomic checkpoint at the end of every epoch. Nothing here is
+specific to a method or measures anything itself.
 """
 
 from __future__ import annotations
@@ -19,23 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import dist
-from .augment import BatchAugment
+from .augment import BatchAugment, seeded_generator
 from .config import Config, ConfigError, field_names, parse_value
-from .data import DatasetUnavailable, ImageData, load_dataset
-from .evaluate import alignment, collapse_stats, extract, knn_accuracy, linear_probe, uniformity
+from .data import DatasetUnavailable, batches_per_epoch, dataset_of
+from .evaluate import epoch_record, final_result
 from .methods import build_method
 from .optim import build_optimizer, learning_rate, set_learning_rate
-from .runs import _NOT_IDENTITY, provenance, run_name, save_atomic, write_json_atomic
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} is not allowed here: no CUDA device is visible; use cpu or auto")
-    return torch.device(name)
+from .rundir import claim, provenance, read_records, run_name, save_atomic, write_json_atomic
 
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
@@ -82,79 +77,12 @@ def train_step(method, forward, opt, views, y, idx, progress: float):
     return loss, logs
 
 
-def batches_per_epoch(n: int, cfg: Config) -> int:
-    """The seed kept the last, smaller batch (drop_last=False); we drop it only if BN cannot use it,
-    or if several processes would have to split it unevenly."""
-    if cfg.world_size > 1:
-        return n // cfg.batch_size
-    return n // cfg.batch_size + (n % cfg.batch_size >= 2 * cfg.bn_groups)
-
-
-def steps_per_epoch(cfg: Config) -> int:
-    """Optimiser steps per epoch, without loading the data (for progress bars)."""
-    from .data import TRAIN_SIZES
-
-    n = TRAIN_SIZES[cfg.dataset]
-    return batches_per_epoch(min(n, cfg.train_size) if cfg.train_size else n, cfg)
-
-
-def _generator(device: torch.device, *seeds: int) -> torch.Generator:
-    g = torch.Generator(device=device)
-    value = 0
-    for s in seeds:
-        value = (value * 1_000_003 + s) % (2**62)
-    g.manual_seed(value)
-    return g
-
-
-@torch.no_grad()
-def _augmented_pair(method, data: ImageData, cfg: Config, device, n: int = 500):
-    """Projections z of two augmented views of the first ``n`` test images (fixed randomness), eval mode."""
-    augment = BatchAugment(cfg.augment, cfg.image_size)
-    g = _generator(device, cfg.seed, 7)
-    x = data.test.x[:n].to(device).float().div_(255)
-    return [torch.cat([method.embed(data.normalize(augment(chunk, g)))[1].float().cpu()
-                       for chunk in x.split(500)]) for _ in range(2)]
-
-
-def evaluate_epoch(method, data: ImageData, cfg: Config, device) -> dict:
-    """kNN accuracy of the last-conv feature h (and of the projection z) and collapse diagnostics:
-    per-dimension std and effective rank of z, and Wang & Isola's alignment (two augmented views of
-    500 test images) and uniformity (test images)."""
-    was_training = method.training
-    method.eval()
-    train_h, train_z = extract(method.embed, data.train, data, cfg.image_size, device)
-    test_h, test_z = extract(method.embed, data.test, data, cfg.image_size, device)
-    z1, z2 = _augmented_pair(method, data, cfg, device)
-    method.train(was_training)
-    knn = lambda a, b: knn_accuracy(a, data.train.y, b, data.test.y, data.num_classes, cfg.knn_k, cfg.knn_t)  # noqa: E731
-    record = {"knn": knn(train_h, test_h), "knn_z": knn(train_z, test_z), **collapse_stats(test_z),
-              "alignment": alignment(z1, z2), "uniformity": uniformity(test_z)}
-    if hasattr(method, "bank"):  # InsDis: the seed's monitor, test features against the memory bank
-        record["knn_bank"] = knn(method.bank.vectors.float().cpu(), test_z)
-    return record
-
-
-def _check_same_config(run_dir: Path, cfg: Config) -> None:
-    path = run_dir / "config.json"
-    if not path.exists():
-        write_json_atomic(path, cfg.to_dict())
-        return
-    old = Config.from_dict(json.loads(path.read_text()))
-    diff = [k for k in field_names() if k not in _NOT_IDENTITY and getattr(old, k) != getattr(cfg, k)]
-    if diff:
-        raise ConfigError(f"{run_dir} holds a run with a different config ({diff[0]}={getattr(old, diff[0])!r}, "
-                          f"asked {getattr(cfg, diff[0])!r}); choose another --run-dir")
-
-
 def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=None) -> Path:
     """Train ``cfg`` into ``run_dir`` (resuming if it holds a checkpoint) and evaluate the result.
 
     ``on_epoch_end(epoch)`` is called after each epoch's checkpoint is safely on disk (tests use it to
     simulate an interruption).
     """
-    from tqdm.auto import tqdm
-
     run_dir = Path(run_dir)
     device = dist.init(cfg.device)
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
@@ -163,9 +91,9 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
                           f"use torchrun --nproc_per_node={cfg.world_size} (or --world-size {world})")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _check_same_config(run_dir, cfg)
+        claim(run_dir, cfg)
     dist.barrier()
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.train_size)
+    data = dataset_of(cfg)
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, data.num_classes, len(data.train))
     method = dist.configure_batchnorm(method, cfg.dist_bn, cfg.bn_groups).to(device)
@@ -175,7 +103,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
             "bn_batch": dist.bn_batch(cfg.batch_size, cfg.bn_groups, cfg.dist_bn, world)}
     start_epoch, step, wall = 0, 0, 0.0
     if ckpt_path.exists():  # every process reads rank 0's checkpoint
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start_epoch, step, wall = state["epoch"], state["step"], state["wall_s"]
@@ -185,7 +113,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
         prov["resumed_at_epoch"] = start_epoch
     elif main:
         with open(metrics_path, "w") as f:  # epoch 0: the randomly initialised network
-            f.write(json.dumps({"kind": "epoch", "epoch": 0, **evaluate_epoch(method, data, cfg, device)}) + "\n")
+            f.write(json.dumps({"kind": "epoch", "epoch": 0, **epoch_record(method, data, cfg, device)}) + "\n")
     dist.broadcast_state(method)  # identical start on every process, whatever their RNGs did
     method, forward = apply_performance_options(method, cfg, device)
     channels_last = use_channels_last(cfg, device)
@@ -193,9 +121,9 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
         write_json_atomic(run_dir / "provenance.json", prov)
 
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
-    augment = BatchAugment(cfg.augment, cfg.image_size)
+    augment = BatchAugment.for_config(cfg)
     n, bs = len(train_y), cfg.batch_size
-    n_batches = batches_per_epoch(n, cfg)
+    n_batches = batches_per_epoch(n, bs, cfg.bn_groups, world)
     total = cfg.epochs * n_batches
     progress = progress and main
     bar = tqdm(total=total, initial=step, desc=run_dir.name, disable=not progress, unit="step",
@@ -205,8 +133,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
         t0 = time.perf_counter()
         lr = learning_rate(cfg, epoch)
         set_learning_rate(opt, lr)
-        order = torch.randperm(n, generator=_generator(torch.device("cpu"), cfg.seed, epoch, 0)).to(device)
-        g_aug = _generator(device, cfg.seed, epoch, 1, *([rank] if world > 1 else []))
+        order = torch.randperm(n, generator=seeded_generator(torch.device("cpu"), cfg.seed, epoch, 0)).to(device)
+        g_aug = seeded_generator(device, cfg.seed, epoch, 1, *([rank] if world > 1 else []))
         logs: dict[str, list] = {}
         for b in range(n_batches):
             idx = order[b * bs:(b + 1) * bs].chunk(world)[rank]  # this process's share, in rank order
@@ -229,20 +157,15 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
         if not main:  # rank 0 evaluates and writes; the others wait for it
             dist.barrier()
             continue
-        with open(metrics_path, "a") as f:
-            first = step - n_batches + 1
-            for i, loss_value in enumerate(values["loss"]):
-                f.write(json.dumps({"kind": "step", "epoch": epoch + 1, "step": first + i, "lr": lr,
-                                    "loss": loss_value}) + "\n")
-            record = {"kind": "epoch", "epoch": epoch + 1, "lr": lr, "epoch_s": epoch_time,
-                      "img_per_s": n_batches * bs / epoch_time,
-                      **{k if k == "loss" else f"train_{k}": float(np.mean(v)) for k, v in values.items()},
-                      **evaluate_epoch(method, data, cfg, device)}
-            f.write(json.dumps(record) + "\n")
+        record = {"kind": "epoch", "epoch": epoch + 1, "lr": lr, "epoch_s": epoch_time,
+                  "img_per_s": n_batches * bs / epoch_time,
+                  **{k if k == "loss" else f"train_{k}": float(np.mean(v)) for k, v in values.items()},
+                  **epoch_record(method, data, cfg, device)}
+        _append_epoch(metrics_path, record, values["loss"], step - n_batches + 1)
         wall += time.perf_counter() - t0
-        save_atomic({"config": cfg.to_dict(), "epoch": epoch + 1, "step": step, "wall_s": wall,
-                     "model": method.state_dict(), "opt": opt.state_dict(),
-                     "metrics_bytes": metrics_path.stat().st_size}, ckpt_path)
+        save_atomic(ckpt_path, {"config": cfg.to_dict(), "epoch": epoch + 1, "step": step, "wall_s": wall,
+                                "model": method.state_dict(), "opt": opt.state_dict(),
+                                "metrics_bytes": metrics_path.stat().st_size})
         if progress:
             bar.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}, kNN {record['knn']:.1f}%, "
                       f"z_std {record['z_std']:.3f} (1/sqrt(d) = {record['z_std_ref']:.3f})")
@@ -255,29 +178,22 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     return run_dir
 
 
-def finish(method, data: ImageData, cfg: Config, device, run_dir: Path, wall: float, prov: dict) -> dict:
-    """Save the test features for t-SNE, run the linear probe and write ``result.json``."""
+def _append_epoch(metrics_path: Path, record: dict, losses: list[float], first_step: int) -> None:
+    """One step record per optimiser step of the epoch, then the epoch record, appended to the metrics."""
+    with open(metrics_path, "a") as f:
+        for i, loss_value in enumerate(losses):
+            f.write(json.dumps({"kind": "step", "epoch": record["epoch"], "step": first_step + i,
+                                "lr": record["lr"], "loss": loss_value}) + "\n")
+        f.write(json.dumps(record) + "\n")
+
+
+def finish(method, data, cfg: Config, device, run_dir: Path, wall: float, prov: dict) -> dict:
+    """Measure the trained run (:func:`sslnb.evaluate.final_result`) and write its features for t-SNE,
+    its provenance and, last, ``result.json``."""
     t0 = time.perf_counter()
-    method.eval()
-    test_h, test_z = extract(method.embed, data.test, data, cfg.image_size, device)
-    np.savez_compressed(run_dir / "features.npz", h=test_h.half().numpy(), z=test_z.half().numpy(),
-                        y=data.test.y.numpy())
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r for r in epochs if r["kind"] == "epoch"]
-    result = {"status": "done", "epochs": cfg.epochs, "knn": epochs[-1]["knn"], "knn_z": epochs[-1]["knn_z"],
-              "knn_init": epochs[0]["knn"], "z_std": epochs[-1]["z_std"], "z_std_ref": epochs[-1]["z_std_ref"],
-              "eff_rank": epochs[-1]["eff_rank"], "alignment": epochs[-1].get("alignment"),
-              "uniformity": epochs[-1].get("uniformity"), "train_images": len(data.train), "test_images": len(data.test)}
-    if cfg.probe == "seed":
-        train_h, _ = extract(method.embed, data.train, data, cfg.image_size, device)
-        train_h_flip, _ = extract(method.embed, data.train, data, cfg.image_size, device, flip=True)
-        probe = linear_probe(train_h, train_h_flip, data.train.y, test_h, data.test.y, data.num_classes,
-                             cfg.probe_epochs, cfg.probe_lr, cfg.probe_milestones, seed=cfg.seed, device=device)
-        result.update(probe_last=probe["last"], probe_best=probe["best"], probe_curve=probe["curve"])
-    if cfg.method == "supervised":
-        with torch.no_grad():
-            logits = torch.cat([method.classifier(h.to(device)).cpu() for h in test_h.split(1024)])
-        result["test_acc"] = 100.0 * (logits.argmax(1) == data.test.y).float().mean().item()
+    epochs = [r for r in read_records(run_dir) if r["kind"] == "epoch"]
+    result, features = final_result(method, data, cfg, device, epochs)
+    np.savez_compressed(run_dir / "features.npz", **features)
     result["wall_s"] = wall + time.perf_counter() - t0
     prov["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     prov["wall_s"] = result["wall_s"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 from functools import lru_cache
 from html import escape
@@ -25,6 +26,7 @@ from html import escape
 import numpy as np
 
 from . import plots
+from .data import DatasetUnavailable, load_dataset
 from .runs import Run
 
 DPI = 72
@@ -88,12 +90,11 @@ def nested_switch(controls: list, leaf) -> tuple:
 
 
 @lru_cache(maxsize=4)
-def _test_images(dataset: str, data_root: str):
-    """(test images (N, 3, H, W) uint8, class names), or None where the dataset is not on this machine."""
-    from .data import DatasetUnavailable, load_dataset
-
+def _test_images(dataset: str, data_root: str, style: str = "{}"):
+    """(test images (N, 3, H, W) uint8, class names), or None where the dataset is not on this machine.
+    ``style``: the run's ``digits_style`` as JSON (hashable, for the cache)."""
     try:
-        data = load_dataset(dataset, data_root, download=False)
+        data = load_dataset(dataset, data_root, download=False, digits_style=json.loads(style))
     except (DatasetUnavailable, OSError):
         return None
     return data.test.x.numpy(), list(data.classes)
@@ -156,7 +157,7 @@ def tsne_explorer(runs: dict[str, Run], layers=("z", "h"), max_points: int | Non
 
     y = embedding(layers[-1], labels[0])[1]
     cfg = next(iter(runs.values())).config
-    test = _test_images(cfg.dataset, cfg.data_root)
+    test = _test_images(cfg.dataset, cfg.data_root, json.dumps(cfg.digits_style, sort_keys=True))
     classes = test[1] if test else [str(c) for c in range(int(y.max()) + 1)]
 
     left = w.Dropdown(options=labels, index=0, description="left", layout=w.Layout(width="240px"))

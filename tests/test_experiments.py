@@ -3,7 +3,7 @@
 import pytest
 
 from sslnb.experiments import BN_CODES, CHAPTERS, all_runs, chapter_runs
-from sslnb.runs import run_name
+from sslnb.rundir import run_name
 
 
 def test_paper_preset_run_lists_follow_the_seed():

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from sslnb import schedule
+from sslnb import runs, schedule
 from sslnb.config import Config
-from sslnb.runs import run_name
+from sslnb.rundir import run_name
 
 FAKE = """
 import json, os, sys, time
@@ -26,7 +26,7 @@ json.dump({"status": "done", "knn": 50.0, "probe_best": 40.0, "wall_s": 0.4,
 
 @pytest.fixture
 def fake_runs(monkeypatch):
-    monkeypatch.setattr(schedule, "command", lambda job: [sys.executable, "-c", FAKE, str(job.path)])
+    monkeypatch.setattr(runs, "train_command", lambda run_dir, world_size=1: [sys.executable, "-c", FAKE, str(run_dir)])
 
 
 def configs():

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from sslnb.config import Config
-from sslnb.runs import find_runs, launch, load_run, run_name
+from sslnb.rundir import run_name
+from sslnb.runs import find_runs, launch, load_run
 from sslnb.train import train
 
 from helpers import write_fake_cifar

@@ -1,4 +1,4 @@
-"""Self-supervised methods. Each is an ``nn.Module`` with a small step protocol:
+"""Self-supervised methods. Each is a :class:`~sslnb.methods.base.Method` with a small step protocol:
 
 - ``n_views``: how many augmented views of each image ``forward`` takes;
 - ``forward(views, y, idx) -> (loss, logs)``: ``views`` is a list of (B, 3, H, W) tensors, ``y`` (B,)
@@ -7,26 +7,24 @@
   ``torch.no_grad``; ``progress`` is the fraction of training done;
 - ``trainable_parameters()``: what the optimiser updates (parameters or parameter groups; a group's
   ``lr_mult`` scales the learning rate);
-- ``backbone``: the network that is evaluated (kNN, linear probe, t-SNE), and ``embed(x) -> (h, z)``.
+- ``backbone``: the network that is evaluated (kNN, linear probe, t-SNE), and ``embed(x) -> (h, z)``;
+- ``knn_banks()`` and ``predict(h)``: what the evaluation measures beyond the common metrics.
 """
 
 from __future__ import annotations
 
-from ..config import Config
+from ..config import METHODS, Config
+from .base import Method
+from .byol import BYOL
+from .insdis import InsDis
+from .simclr import SimCLR
+from .supervised import Supervised
+
+# Each name of sslnb.config.METHODS (the one list) to its class.
+CLASSES: dict[str, type[Method]] = {"byol": BYOL, "simclr": SimCLR, "insdis": InsDis, "supervised": Supervised}
+assert set(CLASSES) == set(METHODS), "sslnb.config.METHODS and sslnb.methods.CLASSES must name the same methods"
 
 
-def build_method(cfg: Config, num_classes: int, num_train: int):
+def build_method(cfg: Config, num_classes: int, num_train: int) -> Method:
     """The method module for ``cfg``; ``num_train`` sizes InsDis's memory bank."""
-    if cfg.method == "byol":
-        from .byol import BYOL
-        return BYOL(cfg)
-    if cfg.method == "simclr":
-        from .simclr import SimCLR
-        return SimCLR(cfg)
-    if cfg.method == "insdis":
-        from .insdis import InsDis
-        return InsDis(cfg, num_train)
-    if cfg.method == "supervised":
-        from .supervised import Supervised
-        return Supervised(cfg, num_classes)
-    raise ValueError(f"method={cfg.method!r} is not implemented")
+    return CLASSES[cfg.method].build(cfg, num_classes, num_train)

@@ -16,6 +16,7 @@ from torch import nn
 from ..config import Config
 from ..losses import byol_loss
 from ..models import MLP, Encoder, backbone_from_config
+from .base import Method
 
 
 def encoder(cfg: Config, bn: bool) -> Encoder:
@@ -50,8 +51,9 @@ def ema_update(target: nn.Module, online: nn.Module, m: float) -> list[str]:
     return untouched
 
 
-class BYOL(nn.Module):
+class BYOL(Method):
     n_views = 2
+    forwards = 4  # two views through the online and the target network
 
     def __init__(self, cfg: Config):
         super().__init__()

@@ -16,6 +16,7 @@ from ..config import Config
 from ..losses import insdis_nce, insdis_softmax, nce_normaliser
 from ..memory_bank import MemoryBank
 from ..models import MLP, Encoder, backbone_from_config
+from .base import Method
 
 FEATURE_DIM = 128  # the seed's low_dim
 
@@ -27,8 +28,12 @@ def head(cfg: Config, in_dim: int) -> nn.Module:
     return nn.Linear(in_dim, FEATURE_DIM)
 
 
-class InsDis(nn.Module):
+class InsDis(Method):
     n_views = 1
+
+    @classmethod
+    def build(cls, cfg: Config, num_classes: int, num_train: int) -> "InsDis":
+        return cls(cfg, num_train)
 
     def __init__(self, cfg: Config, num_train: int):
         super().__init__()
@@ -49,6 +54,10 @@ class InsDis(nn.Module):
 
     def trainable_parameters(self):
         return list(self.encoder.parameters())
+
+    def knn_banks(self) -> dict[str, torch.Tensor]:
+        """The seed's monitor: test features against the memory bank (``knn_bank`` in the records)."""
+        return {"knn_bank": self.bank.vectors}
 
     def forward(self, views, y=None, idx=None):
         f = self.encoder(views[0])[1]

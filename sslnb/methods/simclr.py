@@ -15,10 +15,12 @@ from .. import dist
 from ..config import Config
 from ..losses import nt_xent, nt_xent_seed
 from ..models import MLP, Encoder, backbone_from_config
+from .base import Method
 
 
-class SimCLR(nn.Module):
+class SimCLR(Method):
     n_views = 2
+    forwards = 2
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -35,9 +37,6 @@ class SimCLR(nn.Module):
     def embed(self, x: torch.Tensor):
         return self.encoder(x)
 
-    def trainable_parameters(self):
-        return list(self.parameters())
-
     def forward(self, views, y=None, idx=None):
         z1, z2 = (self.encoder(v)[1] for v in views)
         loss_fn = nt_xent_seed if self.cfg.simclr_loss == "seed" else nt_xent
@@ -47,6 +46,3 @@ class SimCLR(nn.Module):
         else:
             loss = loss_fn(z1, z2, self.cfg.temperature)
         return loss, {"loss": loss.detach()}
-
-    def after_step(self, progress: float) -> None:
-        pass

@@ -12,10 +12,15 @@ from torch import nn
 from ..config import Config
 from ..losses import cross_entropy
 from ..models import backbone_from_config
+from .base import Method
 
 
-class Supervised(nn.Module):
+class Supervised(Method):
     n_views = 1
+
+    @classmethod
+    def build(cls, cfg: Config, num_classes: int, num_train: int) -> "Supervised":
+        return cls(cfg, num_classes)
 
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__()
@@ -31,13 +36,10 @@ class Supervised(nn.Module):
         h = self._backbone(x)
         return h, self.classifier(h)
 
-    def trainable_parameters(self):
-        return list(self.parameters())
+    def predict(self, h: torch.Tensor) -> torch.Tensor:
+        return self.classifier(h)
 
     def forward(self, views, y, idx=None):
         logits = self.classifier(self._backbone(views[0]))
         loss = cross_entropy(logits, y)
         return loss, {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
-
-    def after_step(self, progress: float) -> None:
-        pass

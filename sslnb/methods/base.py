@@ -1,0 +1,43 @@
+"""The step protocol every method follows, with its defaults (see :mod:`sslnb.methods`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Method(nn.Module):
+    """A self-supervised method (or the supervised reference) as the trainer and the evaluation see it.
+
+    Subclasses set ``n_views`` and ``forwards`` and define ``forward`` and ``embed``; the rest has
+    defaults that do nothing method-specific.
+    """
+
+    n_views: int = 1  # augmented views of each image that ``forward`` takes
+    forwards: int = 1  # network passes per image per step (a rough relative cost, for scheduling)
+
+    @classmethod
+    def build(cls, cfg, num_classes: int, num_train: int) -> "Method":
+        """The method for ``cfg`` on a dataset of ``num_classes`` classes and ``num_train`` images."""
+        return cls(cfg)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) -> h (B, D) last-conv feature, z (B, d) the head's output ("FC")."""
+        raise NotImplementedError
+
+    def trainable_parameters(self):
+        """What the optimiser updates: parameters, or groups whose ``lr_mult`` scales the learning rate."""
+        return list(self.parameters())
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        """State changes after the optimiser step (EMA target, memory bank); ``progress`` in [0, 1]."""
+
+    def knn_banks(self) -> dict[str, torch.Tensor]:
+        """Extra train-side features (N_train, d) that the test projections z are kNN-matched against
+        every epoch, by record name (InsDis: the seed's memory-bank monitor). None by default."""
+        return {}
+
+    def predict(self, h: torch.Tensor) -> torch.Tensor | None:
+        """Class logits (B, classes) from backbone features h (B, D), for methods trained with labels."""
+        return None
