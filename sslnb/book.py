@@ -18,7 +18,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, nearest
 from .data import DatasetUnavailable
 from .experiments import CHAPTERS, all_runs, chapter_runs
 from .runs import LaunchError, launch, missing_runs
@@ -43,12 +43,20 @@ def check_parameters(notebook: Path, parameters: dict) -> None:
     declared = pm.inspect_notebook(str(notebook))
     for name in parameters:
         if name not in declared:
-            raise BookError(f"{notebook.name} has no parameter {name!r}; its parameters are: {', '.join(declared)}")
+            raise BookError(f"{notebook.name} has no parameter {name!r}{nearest(name, declared)} (its parameters: "
+                            f"{', '.join(declared)})")
 
 
-def stage(stage_dir: Path = STAGE) -> None:
+def stage(stage_dir: Path = STAGE, keep=()) -> None:
     """Copy the book sources (and the library, for literalinclude, and the benchmark results) into
-    ``stage_dir``; ``build`` adds the configuration and the vendored JavaScript."""
+    ``stage_dir``; ``build`` adds the configuration and the vendored JavaScript. The staged (executed)
+    notebooks of the chapters named in ``keep`` stay as they are: executing one chapter again leaves
+    the others' pages in place."""
+    kept = {}
+    for name in keep:
+        staged = stage_dir / "book" / f"{name}.ipynb"
+        if staged.exists():
+            kept[staged.name] = staged.read_bytes()
     if stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
@@ -57,6 +65,8 @@ def stage(stage_dir: Path = STAGE) -> None:
     shutil.copytree(ROOT / "sslnb", stage_dir / "sslnb", ignore=ignore)
     (stage_dir / "bench").mkdir()
     shutil.copy2(ROOT / "bench" / "RESULTS.md", stage_dir / "bench" / "RESULTS.md")  # the performance page
+    for name, content in kept.items():
+        (stage_dir / "book" / name).write_bytes(content)
 
 
 def copy_site_files(stage_dir: Path) -> None:
@@ -121,12 +131,16 @@ def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600
             stage_dir: Path = STAGE, jobs: int = 2) -> list[Path]:
     """Execute every chapter (or those named in ``only``) into ``stage_dir/book``, ``jobs`` at a time
     (a chapter mostly waits on one thread: t-SNE, plotting; two use a 2-core laptop's cores)."""
+    names = [nb.stem for nb in chapters()]
+    for name in only or []:  # refuse a typo before anything runs or is staged
+        if name not in names:
+            raise BookError(f"there is no chapter {name!r}{nearest(name, names)} (chapters: {', '.join(names)})")
     selected = [nb for nb in chapters() if not only or nb.stem in only]
-    for nb in selected:  # refuse a typo before anything runs
+    for nb in selected:
         check_parameters(nb, parameters)
     if jobs > 1 and not _all_trained(selected, parameters):
         jobs = 1  # chapters would train their missing runs themselves: never two in one run directory
-    stage(stage_dir)
+    stage(stage_dir, keep=[name for name in names if name not in {nb.stem for nb in selected}])
     outs = [stage_dir / "book" / nb.name for nb in selected]
     print(f"executing {len(selected)} chapters with {parameters}, {jobs} at a time", flush=True)
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -14,6 +14,7 @@ the ``aug+`` pipeline, and BatchNorm over batch/4 (the seed's 4-GPU DataParallel
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -135,18 +136,14 @@ class Config:
         """The preset's settings for ``method``, then ``overrides`` field by field."""
         _check_choice("preset", preset, PRESETS)
         _check_choice("method", method, METHODS)
-        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown setting {unknown[0]!r}; known settings: {', '.join(field_names())}")
+        check_known(overrides)
         values = {**_PRESET_VALUES[preset]["all"], **_PRESET_VALUES[preset].get(method, {})}
         values.update(method=method, preset=preset)
         values.update(overrides)
         return cls(**values)
 
     def replace(self, **changes) -> "Config":
-        unknown = sorted(set(changes) - set(field_names()))
-        if unknown:
-            raise ConfigError(f"unknown setting {unknown[0]!r}; known settings: {', '.join(field_names())}")
+        check_known(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -157,8 +154,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        known = set(field_names())
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The config a dict of settings (a ``config.json``) describes; an unknown key or a value that is
+        not allowed is a one-line :class:`ConfigError` (never silently dropped)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a JSON object of settings, got a {type(d).__name__}")
+        check_known(d)
+        return cls(**d)
 
     @property
     def bn1(self) -> bool:
@@ -175,6 +176,25 @@ class Config:
 
 def field_names() -> list[str]:
     return [f.name for f in fields(Config)]
+
+
+def nearest(name: str, choices) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to a misspelt ``name`` (by spelling, or by the
+    initials of its words: ``learning_rate`` -> ``lr``), or ``""``."""
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
+    initials = "".join(word[:1] for word in str(name).replace("-", "_").split("_"))
+    if not close and initials in choices:
+        close = [initials]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_known(settings) -> None:
+    """Refuse a setting name that is not a Config field, naming the nearest one."""
+    unknown = sorted(set(settings) - set(field_names()))
+    if unknown:
+        hint = nearest(unknown[0], field_names()) or f"; known settings: {', '.join(field_names())}"
+        raise ConfigError(f"unknown setting {unknown[0]!r}{hint}")
 
 
 # Values that differ from the dataclass defaults, per preset and method.
@@ -220,6 +240,11 @@ _PRESET_VALUES: dict[str, dict[str, dict]] = {
 # ---------------------------------------------------------------------- validation
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v) -> bool:
+    """A number that is not a bool, infinite or NaN."""
+    return _is_number(v) and math.isfinite(v)
 
 
 def _normal_style(style: dict) -> dict:
@@ -287,12 +312,12 @@ def validate(c: Config) -> None:
     _check("image_size", c.image_size >= 8, "an integer >= 8", c.image_size)
     for name in ("lr", "knn_t", "probe_lr", "temperature", "pred_lr_mult"):
         v = getattr(c, name)
-        _check(name, isinstance(v, (int, float)) and v > 0, "a number > 0", v)
+        _check(name, _finite(v) and v > 0, "a finite number > 0", v)
     for name in ("momentum", "weight_decay", "lr_decay"):
         v = getattr(c, name)
-        _check(name, isinstance(v, (int, float)) and v >= 0, "a number >= 0", v)
-    _check("ema", isinstance(c.ema, (int, float)) and 0 <= c.ema <= 1, "a number in [0, 1]", c.ema)
-    _check("bank_momentum", isinstance(c.bank_momentum, (int, float)) and 0 <= c.bank_momentum < 1,
+        _check(name, _finite(v) and v >= 0, "a finite number >= 0", v)
+    _check("ema", _finite(c.ema) and 0 <= c.ema <= 1, "a number in [0, 1]", c.ema)
+    _check("bank_momentum", _finite(c.bank_momentum) and 0 <= c.bank_momentum < 1,
            "a number in [0, 1)", c.bank_momentum)
     for name in ("lr_milestones", "probe_milestones"):
         v = getattr(c, name)
@@ -316,8 +341,7 @@ def validate(c: Config) -> None:
 def parse_value(name: str, text: str):
     """Turn a command-line string into the type of field ``name`` (bool, int, float, tuple, str)."""
     types = {f.name: f.type for f in fields(Config)}
-    if name not in types:
-        raise ConfigError(f"unknown setting {name!r}; known settings: {', '.join(field_names())}")
+    check_known([name])
     kind = types[name]
     try:
         if kind == "bool":

@@ -8,13 +8,26 @@ A run directory holds everything about one training run::
     features.npz     test-set features for t-SNE: h (last conv), z (FC/projection), y (labels)
     provenance.json  git commit, versions, device, threads, wall time, command
     result.json      written last: final kNN, linear probe (last and best), collapse diagnostics
+    lock             held (flock) by the process training the run; holds its pid and command
 
-A run without ``result.json`` is unfinished; the trainer resumes it from its checkpoint. Every write
-here is atomic (a temporary file, then a rename), so a crash never leaves a half-written file.
+A run without ``result.json`` is unfinished; the trainer resumes it from its checkpoint. A run
+directory is the user's data, so this module guards it:
+
+- one process trains it at a time (:func:`lock`, an OS file lock on ``lock``: released when the
+  process dies, so ``kill -9`` never leaves a stale lock);
+- every write is atomic (a temporary file, then a rename), and a failed write (a full disk) removes its
+  temporary file and says which file could not be written;
+- everything a resume depends on is checked first (:func:`verify_resume`): a checkpoint or metrics
+  file that is damaged, missing or from another run is named in one line with what to do, and never
+  padded, cut into or overwritten. What can be recovered safely (records written after the last
+  checkpoint, a temporary file left by an interrupted write) is, with one line saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +41,16 @@ import torch
 
 from .config import Config, ConfigError, field_names
 from .data import DIGITS_VERSION
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as it is: one line naming the file, what is wrong and what to
+    do. ``status`` is the exit status: 2 when the user's input or files are at fault, 1 when the
+    environment is (a full disk, a folder that cannot be written, another process training the run)."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
 
 # Fields that do not change what is computed, so they do not enter a run's identity.
 NOT_IDENTITY = ("device", "preset", "data_root", "download", "channels_last", "compile")
@@ -55,30 +78,62 @@ def run_name(cfg: Config) -> str:
 
 
 # ---------------------------------------------------------------------- atomic writes
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_error(path, e) from None
+
+
+def write_error(path: Path, e: Exception) -> RunDirError:
+    """One line for a file of a run that could not be written, keeping the cause."""
+    text = str(e).strip()
+    cause = getattr(e, "strerror", None) or (text.splitlines()[0] if text else type(e).__name__)
+    if isinstance(e, RuntimeError):  # torch.save's own words name its C++ source, not the cause
+        cause = "the write failed (is the disk full?)"
+    kept = " (the previous version is kept)" if Path(path).exists() else ""
+    return RunDirError(f"cannot write {path}: {cause}{kept}; free some space or choose a writable --run-dir, "
+                       f"then run the same command again", status=1)
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """``obj`` as JSON into ``path``, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, sort_keys=True)))
 
 
 def save_atomic(path: Path, obj) -> None:
     """``torch.save(obj)`` into ``path``, atomically (same argument order as :func:`write_json_atomic`)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 # ---------------------------------------------------------------------- the run's identity
+def read_config(path: Path) -> Config:
+    """The Config in a ``config.json``; unreadable JSON or a bad setting is a one-line
+    :class:`~sslnb.config.ConfigError` naming the file."""
+    try:
+        return Config.from_dict(json.loads(Path(path).read_text()))
+    except (ValueError, ConfigError) as e:  # JSON errors are ValueErrors
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def identity_difference(old: Config, cfg: Config) -> str | None:
+    """The first setting in which two configs describe different runs, as ``"field=old, asked new"``."""
+    diff = [k for k in field_names() if k not in NOT_IDENTITY and getattr(old, k) != getattr(cfg, k)]
+    return f"{diff[0]}={getattr(old, diff[0])!r}, asked {getattr(cfg, diff[0])!r}" if diff else None
+
+
 def config_difference(run_dir: Path, cfg: Config) -> str | None:
     """None when ``run_dir`` holds no config or the same run as ``cfg``; otherwise the first field that
     differs, as ``"field=old, asked new"``."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
         return None
-    old = Config.from_dict(json.loads(path.read_text()))
-    diff = [k for k in field_names() if k not in NOT_IDENTITY and getattr(old, k) != getattr(cfg, k)]
-    return f"{diff[0]}={getattr(old, diff[0])!r}, asked {getattr(cfg, diff[0])!r}" if diff else None
+    return identity_difference(read_config(path), cfg)
 
 
 def claim(run_dir: Path, cfg: Config) -> None:
@@ -88,6 +143,127 @@ def claim(run_dir: Path, cfg: Config) -> None:
         raise ConfigError(f"{run_dir} holds a run with a different config ({diff}); choose another --run-dir")
     if not (Path(run_dir) / "config.json").exists():
         write_json_atomic(Path(run_dir) / "config.json", cfg.to_dict())
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (its ``result.json`` says done)."""
+    try:
+        return json.loads((Path(run_dir) / "result.json").read_text()).get("status") == "done"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# ---------------------------------------------------------------------- one process at a time
+@contextlib.contextmanager
+def lock(run_dir: Path, wait: bool = False, say=print):
+    """Hold ``run_dir``'s lock (an exclusive ``flock`` on ``run_dir/lock``) for the ``with`` block.
+
+    The OS releases it when the process ends however it ends, so there is never a stale lock. If
+    another process holds it: with ``wait``, say so and wait for it; otherwise a :class:`RunDirError`
+    naming that process (exit status 1).
+    """
+    path = Path(run_dir) / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(path)
+            if not wait:
+                raise RunDirError(f"{run_dir} is being trained by {holder}; wait for it to finish (or stop it), "
+                                  f"then run the same command again", status=1) from None
+            say(f"{run_dir} is being trained by {holder}; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {' '.join(sys.argv)[:200]}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid, _, command = path.read_text().strip().partition(" ")
+    except OSError:
+        return "another process"
+    return f"process {pid} ({command})" if pid else "another process"
+
+
+# ---------------------------------------------------------------------- resuming
+CHECKPOINT_KEYS = {"config", "epoch", "step", "wall_s", "model", "opt", "metrics_bytes"}
+
+
+def _damaged(run_dir: Path, what: str) -> RunDirError:
+    return RunDirError(f"{what}; nothing was changed: move the run aside (mv {run_dir} {run_dir}.damaged) "
+                       f"and run the same command again to train it from the start", status=2)
+
+
+def verify_resume(run_dir: Path, cfg: Config, map_location="cpu", say=print) -> dict | None:
+    """Check everything an unfinished ``run_dir`` would resume from, and return its checkpoint (None
+    when there is nothing to resume: a new run, or one stopped before its first checkpoint).
+
+    Raises :class:`RunDirError` (one line: which file, what is wrong, what to do) when the checkpoint
+    cannot be read, belongs to another run, or the metrics file is missing, shorter than the checkpoint
+    says, or does not end at the checkpoint's epoch. Recovers, saying so in one line, what is safe to
+    recover: a temporary file of an interrupted write, and records written after the last checkpoint.
+    """
+    run_dir = Path(run_dir)
+    for tmp in sorted(run_dir.glob("*.tmp")):
+        tmp.unlink()
+        say(f"{run_dir}: removed {tmp.name}, left by a write that was interrupted (the file it was replacing is intact)")
+    ckpt, metrics = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
+    if not ckpt.exists():
+        epochs = [r for r in _records_or_damaged(run_dir, metrics) if r.get("kind") == "epoch" and r.get("epoch", 0) > 0]
+        if epochs:
+            raise _damaged(run_dir, f"{ckpt} is missing, but {metrics.name} records {len(epochs)} trained epoch(s)")
+        return None
+    try:
+        state = torch.load(ckpt, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever the bytes are, the answer is the same line
+        if ckpt.stat().st_size == 0:
+            reason = "the file is empty"
+        elif "weights only load failed" in str(e).lower():
+            reason = "it holds objects other than tensors and plain data, which are never loaded"
+        else:
+            text = str(e).strip()
+            reason = f"{type(e).__name__}: {text.splitlines()[0][:100]}" if text else type(e).__name__
+        raise _damaged(run_dir, f"{ckpt} cannot be read as a checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        raise _damaged(run_dir, f"{ckpt} is not a checkpoint written by sslnb.train")
+    try:
+        diff = identity_difference(Config.from_dict(state["config"]), cfg)
+    except ConfigError as e:
+        diff = str(e)
+    if diff:
+        raise _damaged(run_dir, f"{ckpt} belongs to another run ({diff})")
+    if not metrics.exists():
+        raise _damaged(run_dir, f"{metrics} is missing, but {ckpt.name} is at epoch {state['epoch']}")
+    size, expected = metrics.stat().st_size, state["metrics_bytes"]
+    if size < expected:
+        raise _damaged(run_dir, f"{metrics} is shorter ({size} bytes) than {ckpt.name} says ({expected}): it was "
+                                f"cut or edited")
+    with open(metrics, "rb") as f:
+        kept = f.read(expected)
+    epochs = [r["epoch"] for r in _parse(run_dir, metrics, kept) if r.get("kind") == "epoch"]
+    if not kept.endswith(b"\n") or not epochs or epochs[-1] != state["epoch"]:
+        raise _damaged(run_dir, f"{metrics} does not end at epoch {state['epoch']}, where {ckpt.name} is")
+    if size > expected:
+        with open(metrics, "r+b") as f:  # a record boundary, checked above
+            f.truncate(expected)
+        say(f"{run_dir}: dropped the records written after the last checkpoint (epoch {state['epoch']}); "
+            f"they are trained again")
+    return state
+
+
+def _parse(run_dir: Path, metrics: Path, data: bytes) -> list[dict]:
+    try:
+        return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError):
+        raise _damaged(run_dir, f"{metrics} holds a line that is not a JSON record") from None
+
+
+def _records_or_damaged(run_dir: Path, metrics: Path) -> list[dict]:
+    return _parse(run_dir, metrics, metrics.read_bytes()) if metrics.exists() else []
 
 
 # ---------------------------------------------------------------------- metrics.jsonl

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import Config, ConfigError, check_known
 from .data import steps_per_epoch
-from .rundir import read_records, run_name, steps_done, write_json_atomic
+from .rundir import finished, read_config, read_records, run_name, steps_done, write_json_atomic
 from .train import train
 
 
@@ -95,20 +96,38 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
+    """The run in directory ``path``. A missing or unreadable ``config.json`` (or result or provenance)
+    is a one-line error naming the file."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a run directory (no config.json)")
-    cfg = Config.from_dict(json.loads((path / "config.json").read_text()))
-    read = lambda name: json.loads((path / name).read_text()) if (path / name).exists() else {}  # noqa: E731
+    cfg = read_config(path / "config.json")
+
+    def read(name: str) -> dict:
+        try:
+            value = json.loads((path / name).read_text()) if (path / name).exists() else {}
+        except ValueError as e:
+            raise ConfigError(f"{path / name} is not valid JSON ({e}); move the run aside") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path / name} does not hold a JSON object; move the run aside")
+        return value
+
     return Run(path, cfg, read("result.json"), read("provenance.json"))
 
 
 def find_runs(run_root: str | Path = "runs", done: bool = True, **where) -> list[Run]:
-    """Every run under ``run_root`` whose config matches ``where`` (field=value), sorted by name."""
-    root = Path(run_root)
+    """Every run under ``run_root`` whose config matches ``where`` (field=value), sorted by name.
+
+    A filter that is not a Config field is refused, naming the nearest; a run directory that cannot be
+    read is skipped with a warning naming it (the other runs are still listed)."""
+    check_known(where)
     runs = []
-    for cfg_path in sorted(root.glob("*/config.json")):
-        run = load_run(cfg_path.parent)
+    for cfg_path in sorted(Path(run_root).glob("*/config.json")):
+        try:
+            run = load_run(cfg_path.parent)
+        except (ConfigError, OSError) as e:
+            warnings.warn(f"skipped {cfg_path.parent}: {e}", stacklevel=2)
+            continue
         if done and not run.done:
             continue
         if all(getattr(run.config, k) == v for k, v in where.items()):
@@ -118,9 +137,15 @@ def find_runs(run_root: str | Path = "runs", done: bool = True, **where) -> list
 
 # ---------------------------------------------------------------------- launching
 def missing_runs(configs, run_root: str | Path = "runs") -> list[tuple[Config, Path]]:
-    """``(config, run directory)`` of each config without a finished run under ``run_root``, in order."""
-    pairs = [(cfg, Path(run_root) / run_name(cfg)) for cfg in configs]
-    return [(cfg, path) for cfg, path in pairs if not (path / "result.json").exists()]
+    """``(config, run directory)`` of each config without a finished run under ``run_root``, in order,
+    each run once (a config asked for twice is trained once)."""
+    seen, missing = set(), []
+    for cfg in configs:
+        path = Path(run_root) / run_name(cfg)
+        if path not in seen and not finished(path):
+            missing.append((cfg, path))
+        seen.add(path)
+    return missing
 
 
 def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: int = 1) -> list[Run]:
@@ -140,7 +165,7 @@ def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: 
         for i, (cfg, path) in enumerate(missing):
             if progress:
                 print(f"[{i + 1}/{len(missing)}] training {path}", flush=True)
-            train(cfg, path, progress=progress)
+            train(cfg, path, progress=progress, wait=True)
     runs = [load_run(path) for path in paths]
     failed = [run for run in runs if not run.done]
     if failed:
@@ -172,8 +197,9 @@ def launcher(world_size: int = 1) -> list[str]:
 
 
 def train_command(run_dir: Path, world_size: int = 1) -> list[str]:
-    """The command that trains ``run_dir`` from its ``config.json``, in ``world_size`` processes."""
-    return [*launcher(world_size), "-m", "sslnb.train", "--quiet", "--run-dir", str(run_dir),
+    """The command that trains ``run_dir`` from its ``config.json``, in ``world_size`` processes (waiting
+    for another process that may be training the same run, instead of training it twice)."""
+    return [*launcher(world_size), "-m", "sslnb.train", "--quiet", "--wait", "--run-dir", str(run_dir),
             "--config", str(Path(run_dir) / "config.json")]
 
 

@@ -12,6 +12,7 @@ specific to a method or measures anything itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,8 @@ from .data import DatasetUnavailable, batches_per_epoch, dataset_of
 from .evaluate import epoch_record, final_result
 from .methods import build_method
 from .optim import build_optimizer, learning_rate, set_learning_rate
-from .rundir import claim, provenance, read_records, run_name, save_atomic, write_json_atomic
+from .rundir import (RunDirError, claim, config_difference, finished, lock, provenance, read_records, run_name,
+                     save_atomic, verify_resume, write_error, write_json_atomic)
 
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
@@ -77,23 +79,73 @@ def train_step(method, forward, opt, views, y, idx, progress: float):
     return loss, logs
 
 
-def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=None) -> Path:
+def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=None, wait: bool = False) -> Path:
     """Train ``cfg`` into ``run_dir`` (resuming if it holds a checkpoint) and evaluate the result.
 
+    A finished run is left as it is. Nothing is written before the device and the dataset are known to
+    be there; then the run directory is locked for this process (``wait``: wait for another process
+    that holds it, instead of refusing) and what it holds is checked (:func:`sslnb.rundir.verify_resume`).
     ``on_epoch_end(epoch)`` is called after each epoch's checkpoint is safely on disk (tests use it to
     simulate an interruption).
     """
     run_dir = Path(run_dir)
     device = dist.init(cfg.device)
-    world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
+    world, main = dist.world_size(), dist.is_main()
     if world != cfg.world_size:
         raise ConfigError(f"world_size={cfg.world_size} but {world} processes were started; "
                           f"use torchrun --nproc_per_node={cfg.world_size} (or --world-size {world})")
+    if finished(run_dir) and _is_finished_run(run_dir, cfg, main):
+        return run_dir
+    data = dataset_of(cfg)  # before anything is written: a missing dataset leaves no trace
+    with contextlib.ExitStack() as held:
+        state = None
+        if main:
+            _make_run_dir(run_dir)
+            held.enter_context(lock(run_dir, wait, say=_note))
+            if not finished(run_dir):  # (another process may have finished it while this one waited)
+                claim(run_dir, cfg)
+                state = verify_resume(run_dir, cfg, map_location=device, say=_note)
+        dist.barrier()
+        if finished(run_dir) and _is_finished_run(run_dir, cfg, main):
+            return run_dir
+        if not main and (run_dir / "checkpoint.pt").exists():  # verified by rank 0
+            state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
+        _train(cfg, run_dir, device, data, state, progress and main, on_epoch_end)
+    return run_dir
+
+
+def _is_finished_run(run_dir: Path, cfg: Config, main: bool) -> bool:
+    """A finished run asked for again: refuse another config, else say where its result is."""
+    diff = config_difference(run_dir, cfg)
+    if diff:
+        raise ConfigError(f"{run_dir} holds a run with a different config ({diff}); choose another --run-dir")
     if main:
+        print(f"{run_dir} is finished: its result is in {run_dir / 'result.json'}", flush=True)
+    return True
+
+
+def _note(message: str) -> None:
+    print(f"sslnb.train: {message}", file=sys.stderr, flush=True)
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        claim(run_dir, cfg)
-    dist.barrier()
-    data = dataset_of(cfg)
+    except (FileExistsError, NotADirectoryError):
+        raise RunDirError(f"cannot use {run_dir} as a run directory: a file is in the way; choose another "
+                          f"--run-dir") from None
+    except OSError as e:
+        raise RunDirError(f"cannot create the run directory {run_dir}: {e.strerror}; choose a writable "
+                          f"--run-dir", status=1) from None
+    if not os.access(run_dir, os.W_OK):
+        raise RunDirError(f"cannot write into the run directory {run_dir}: permission denied; choose a "
+                          f"writable --run-dir", status=1)
+
+
+def _train(cfg: Config, run_dir: Path, device, data, state: dict | None, progress: bool, on_epoch_end) -> None:
+    """The loop: build the method, start (recording the untrained network as epoch 0) or resume from
+    ``state``, train the remaining epochs with a checkpoint after each, then measure the result."""
+    world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, data.num_classes, len(data.train))
     method = dist.configure_batchnorm(method, cfg.dist_bn, cfg.bn_groups).to(device)
@@ -102,18 +154,13 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     prov = {**provenance(device), "world_size": world, "dist_bn": cfg.dist_bn,
             "bn_batch": dist.bn_batch(cfg.batch_size, cfg.bn_groups, cfg.dist_bn, world)}
     start_epoch, step, wall = 0, 0, 0.0
-    if ckpt_path.exists():  # every process reads rank 0's checkpoint
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+    if state is not None:
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start_epoch, step, wall = state["epoch"], state["step"], state["wall_s"]
-        if main:
-            with open(metrics_path, "r+") as f:  # drop records written after the checkpoint
-                f.truncate(state["metrics_bytes"])
         prov["resumed_at_epoch"] = start_epoch
-    elif main:
-        with open(metrics_path, "w") as f:  # epoch 0: the randomly initialised network
-            f.write(json.dumps({"kind": "epoch", "epoch": 0, **epoch_record(method, data, cfg, device)}) + "\n")
+    elif main:  # epoch 0: the randomly initialised network
+        _write_metrics(metrics_path, "w", [{"kind": "epoch", "epoch": 0, **epoch_record(method, data, cfg, device)}])
     dist.broadcast_state(method)  # identical start on every process, whatever their RNGs did
     method, forward = apply_performance_options(method, cfg, device)
     channels_last = use_channels_last(cfg, device)
@@ -125,7 +172,6 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     n, bs = len(train_y), cfg.batch_size
     n_batches = batches_per_epoch(n, bs, cfg.bn_groups, world)
     total = cfg.epochs * n_batches
-    progress = progress and main
     bar = tqdm(total=total, initial=step, desc=run_dir.name, disable=not progress, unit="step",
                dynamic_ncols=True, mininterval=1.0)
     method.train()
@@ -153,7 +199,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
         values = {k: dist.mean(torch.stack(v).float()).cpu().tolist() for k, v in logs.items()}
         if not all(math.isfinite(v) for v in values["loss"]):
             raise FloatingPointError(f"{run_dir.name}: the loss became non-finite in epoch {epoch + 1}; "
-                                     f"lower --lr (now {cfg.lr})")
+                                     f"lower --lr (now {cfg.lr}); the run resumes from epoch {epoch}")
         if not main:  # rank 0 evaluates and writes; the others wait for it
             dist.barrier()
             continue
@@ -161,7 +207,9 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
                   "img_per_s": n_batches * bs / epoch_time,
                   **{k if k == "loss" else f"train_{k}": float(np.mean(v)) for k, v in values.items()},
                   **epoch_record(method, data, cfg, device)}
-        _append_epoch(metrics_path, record, values["loss"], step - n_batches + 1)
+        first = step - n_batches + 1
+        _write_metrics(metrics_path, "a", [{"kind": "step", "epoch": epoch + 1, "step": first + i, "lr": lr,
+                                             "loss": v} for i, v in enumerate(values["loss"])] + [record])
         wall += time.perf_counter() - t0
         save_atomic(ckpt_path, {"config": cfg.to_dict(), "epoch": epoch + 1, "step": step, "wall_s": wall,
                                 "model": method.state_dict(), "opt": opt.state_dict(),
@@ -175,16 +223,16 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     bar.close()
     if main:
         finish(method, data, cfg, device, run_dir, wall, prov)
-    return run_dir
 
 
-def _append_epoch(metrics_path: Path, record: dict, losses: list[float], first_step: int) -> None:
-    """One step record per optimiser step of the epoch, then the epoch record, appended to the metrics."""
-    with open(metrics_path, "a") as f:
-        for i, loss_value in enumerate(losses):
-            f.write(json.dumps({"kind": "step", "epoch": record["epoch"], "step": first_step + i,
-                                "lr": record["lr"], "loss": loss_value}) + "\n")
-        f.write(json.dumps(record) + "\n")
+def _write_metrics(path: Path, mode: str, records: list[dict]) -> None:
+    """Records into ``metrics.jsonl`` (``mode`` "w" for a new run, "a" after an epoch), one JSON line each.
+    A failed write is one line; what was written before the last checkpoint stays valid."""
+    try:
+        with open(path, mode) as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+    except OSError as e:
+        raise write_error(path, e) from None
 
 
 def finish(method, data, cfg: Config, device, run_dir: Path, wall: float, prov: dict) -> dict:
@@ -193,7 +241,10 @@ def finish(method, data, cfg: Config, device, run_dir: Path, wall: float, prov: 
     t0 = time.perf_counter()
     epochs = [r for r in read_records(run_dir) if r["kind"] == "epoch"]
     result, features = final_result(method, data, cfg, device, epochs)
-    np.savez_compressed(run_dir / "features.npz", **features)
+    try:
+        np.savez_compressed(run_dir / "features.npz", **features)
+    except OSError as e:
+        raise write_error(run_dir / "features.npz", e) from None
     result["wall_s"] = wall + time.perf_counter() - t0
     prov["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     prov["wall_s"] = result["wall_s"]
@@ -215,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="the run directory (default: RUN_ROOT/<name from the config>)")
     p.add_argument("--run-root", default="runs", help="where runs live when --run-dir is not given")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--wait", action="store_true",
+                   help="if another process is training the same run directory, wait for it (default: refuse)")
     p.add_argument("--config", help="a config.json to train exactly (flags given as well override it)")
     for name in field_names():
         if name != "preset":
@@ -228,8 +281,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.config:
         try:
             base = Config.from_dict(json.loads(Path(args.config).read_text()))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--config {args.config} cannot be read: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"--config {args.config} cannot be read: {e.strerror}") from None
+        except (ValueError, ConfigError) as e:  # bad JSON, a list, an unknown key, a bad value
+            raise ConfigError(f"--config {args.config}: {e}") from None
         return base.replace(**overrides)
     method = overrides.pop("method", "byol")
     return Config.from_preset(args.preset, method, **overrides)
@@ -246,11 +301,11 @@ def main(argv=None) -> int:
         if dist.launched() and args.world_size is None and not args.config:
             cfg = cfg.replace(world_size=int(os.environ["WORLD_SIZE"]))
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.run_root) / run_name(cfg)
-        train(cfg, run_dir, progress=not args.quiet)
-    except (ConfigError, DatasetUnavailable, FloatingPointError) as e:
+        train(cfg, run_dir, progress=not args.quiet, wait=args.wait)
+    except (ConfigError, DatasetUnavailable, FloatingPointError, RunDirError) as e:
         if first:
             print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "status", 2)
     except KeyboardInterrupt:
         if first:
             print(f"\ninterrupted: run the same command again to resume from {run_dir}", file=sys.stderr)
