@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed
 GPUS ?=
 GPUS_PER_RUN ?= 1
 
-.PHONY: book test runs execute site venv clean bench paper vendor chromium publish
+.PHONY: book test runs execute site venv clean bench paper vendor chromium publish fashion-mnist map
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,20 @@ chromium:
 	  echo "installing Debian's chromium for the site test" && \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  { echo "no chromium: install one (or set CHROMIUM=/path/to/chrome, or SSLNB_SKIP_BROWSER=1)"; exit 1; }
+
+# Fashion-MNIST for the BYOL compute map (bench/byol_map.py): Debian's package installs the four idx files
+# offline into /usr/share/datasets/fashion-mnist; elsewhere torchvision downloads them into DATA_ROOT.
+fashion-mnist:
+	@[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || [ -d $(DATA_ROOT)/fashion-mnist ] || \
+	  [ -d $(DATA_ROOT)/FashionMNIST/raw ] || { command -v apt-get >/dev/null && \
+	  echo "installing Debian's dataset-fashion-mnist" && $(SUDO) apt-get update -qq && \
+	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
+	  echo "no apt-get: Fashion-MNIST will be downloaded by torchvision into $(DATA_ROOT) (or put its idx files in $(DATA_ROOT)/fashion-mnist)"
+
+# The BYOL compute map (issue 18): BYOL and SimCLR against training compute; results in bench/byol_map.json
+# and bench/RESULTS.md, as each point lands. Run it again to continue; finished runs are kept.
+map: $(STAMP) fashion-mnist
+	$(PY) bench/byol_map.py --run-root $(RUN_ROOT)/map --data-root $(DATA_ROOT)
 
 # A GPU box: every run of every chapter at the paper preset, one run per GPU at a time (torchrun across
 # GPUS_PER_RUN devices when > 1), then the chapters and the site; run it again to continue after a stop.

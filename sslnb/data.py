@@ -7,6 +7,7 @@ and augmented in batches on whatever device holds them (``sslnb.augment``). Item
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import tarfile
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
-TRAIN_SIZES = {"digits": 3000, "cifar10": 50000, "cifar100": 50000}
+TRAIN_SIZES = {"digits": 3000, "cifar10": 50000, "cifar100": 50000, "fashion": 60000}
 DATASETS = tuple(TRAIN_SIZES)  # the one list of dataset names (config validates against it)
 
 
@@ -86,12 +87,14 @@ class ImageData:
 
 def load_dataset(name: str, root: str | Path = "data", download: bool = True, train_size: int = 0,
                  digits_style: dict | None = None) -> ImageData:
-    """Load ``digits``, ``cifar10`` or ``cifar100``. ``train_size`` > 0 keeps a fixed random subset;
-    ``digits_style`` overrides entries of ``DIGITS_STYLE`` (the embedded digits only)."""
+    """Load ``digits``, ``cifar10``, ``cifar100`` or ``fashion`` (Fashion-MNIST). ``train_size`` > 0 keeps
+    a fixed random subset; ``digits_style`` overrides entries of ``DIGITS_STYLE`` (the embedded digits only)."""
     if name == "digits":
         data = make_digits(**(digits_style or {}))
     elif name in ("cifar10", "cifar100"):
         data = load_cifar(name, Path(root), download)
+    elif name == "fashion":
+        data = load_fashion(Path(root), download)
     else:
         raise ValueError(f"dataset={name!r} is not allowed; choose one of: {', '.join(DATASETS)}")
     if 0 < train_size < len(data.train):
@@ -160,6 +163,77 @@ def _download_cifar(name: str, root: Path, download: bool) -> None:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DatasetUnavailable(f"{spec['title']} not found in {root / spec['folder']} and the download "
                                  f"failed ({reason}): {how}") from None
+
+
+# ---------------------------------------------------------------------- Fashion-MNIST
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+# Where the four idx files may already be: torchvision's layout under the data root, a plain folder, and
+# Debian's package dataset-fashion-mnist (which installs offline, from the package mirror).
+FASHION_FOLDERS = ("FashionMNIST/raw", "fashion-mnist")
+FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (the MNIST format: big-endian dims after a magic number; gzipped or not) as an array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise ValueError(f"{path} is not an idx file of bytes")
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path} holds {array.size} values, not {shape}")
+    return array.reshape(shape)
+
+
+def _fashion_folder(root: Path) -> Path | None:
+    for folder in [root / f for f in FASHION_FOLDERS] + [FASHION_SYSTEM]:
+        if all(any((folder / (name + ext)).is_file() for ext in ("", ".gz"))
+               for pair in _FASHION_FILES.values() for name in pair):
+            return folder
+    return None
+
+
+def load_fashion(root: Path, download: bool = True) -> ImageData:
+    """Fashion-MNIST (Xiao et al., 2017): 60,000 train and 10,000 test 28x28 grey images of 10 kinds of
+    clothing, as (N, 3, 28, 28) uint8 (the grey channel three times, so every pipeline applies). Read from
+    the idx files under ``root`` or Debian's ``/usr/share/datasets/fashion-mnist``; downloaded by
+    torchvision into ``root`` if missing and ``download`` is on."""
+    folder = _fashion_folder(root)
+    if folder is None:
+        how = (f"install Debian's dataset-fashion-mnist (make fashion-mnist), put the four idx files in "
+               f"{root / 'fashion-mnist'}, or allow the download (--download true)")
+        if not download:
+            raise DatasetUnavailable(f"Fashion-MNIST not found under {root} or {FASHION_SYSTEM}: {how}")
+        import torchvision
+
+        try:
+            torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+        except Exception as e:  # no network, proxy refusal, bad checksum...
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DatasetUnavailable(f"Fashion-MNIST not found and the download failed ({reason}): {how}") from None
+        folder = _fashion_folder(root)
+
+    def read(split: str) -> Split:
+        images, labels = (next(p for p in (folder / name, folder / (name + ".gz")) if p.is_file())
+                          for name in _FASHION_FILES[split])
+        try:
+            x, y = read_idx(images), read_idx(labels)
+        except (OSError, ValueError, EOFError) as e:
+            raise DatasetUnavailable(f"Fashion-MNIST files in {folder} are unreadable ({e}); put intact copies "
+                                     f"in {root / 'fashion-mnist'}") from None
+        x = torch.from_numpy(x.copy()).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+        return Split(x, torch.from_numpy(y.astype(np.int64)))
+
+    train, test = read("train"), read("test")
+    grey = train.x[:, 0].float().div(255)
+    mean, std = (grey.mean().item(),) * 3, (grey.std().item(),) * 3
+    return ImageData("fashion", train, test, list(FASHION_CLASSES), mean, std)
 
 
 # ---------------------------------------------------------------------- the embedded digits

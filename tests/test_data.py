@@ -83,3 +83,32 @@ def test_shift_controls_how_far_digits_wander(digits):
     accs = [knn_accuracy(pixel_features(d.train, 16), d.train.y, pixel_features(d.test, 16), d.test.y, 10, k=20)
             for d in (plain, centred)]
     assert accs[1] > accs[0] + 10
+
+
+def _write_idx(path, array):
+    import gzip
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_idx_files_and_says_how_to_get_them(tmp_path, monkeypatch):
+    import sslnb.data as data
+
+    monkeypatch.setattr(data, "FASHION_SYSTEM", tmp_path / "not-installed")
+    with pytest.raises(DatasetUnavailable, match="dataset-fashion-mnist") as e:
+        load_dataset("fashion", tmp_path / "data", download=False)
+    assert "\n" not in str(e.value)
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 5)):
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    fashion = load_dataset("fashion", tmp_path / "data", download=False)
+    assert fashion.train.x.shape == (12, 3, 28, 28) and fashion.test.x.shape == (5, 3, 28, 28)
+    assert torch.equal(fashion.train.x[:, 0], fashion.train.x[:, 2])  # grey, three times
+    assert fashion.train.y.tolist() == [i % 10 for i in range(12)] and fashion.num_classes == 10
+    x = data.read_idx(folder / "train-images-idx3-ubyte.gz")
+    assert torch.equal(torch.from_numpy(x.copy()), fashion.train.x[:, 1])
