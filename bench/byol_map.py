@@ -32,17 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from sslnb.augment import BatchAugment  # noqa: E402
 from sslnb.config import Config, ConfigError  # noqa: E402
 from sslnb.data import DatasetUnavailable, dataset_of, steps_per_epoch  # noqa: E402
-from sslnb.evaluate import raw_pixel_knn, untrained_knn_with_calibrated_bn  # noqa: E402
-from sslnb.methods import build_method  # noqa: E402
-from sslnb.optim import build_optimizer  # noqa: E402
+from sslnb.evaluate import raw_pixel_knn, step_flop, untrained_knn_with_calibrated_bn  # noqa: E402
 from sslnb.rundir import device_name, git_commit  # noqa: E402
 from sslnb.runs import LaunchError, launch  # noqa: E402
-from sslnb.train import train_step  # noqa: E402
 
 RECORD = ROOT / "bench" / "byol_map.json"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -72,21 +66,6 @@ def point_config(name: str, method: str, seed: int, device: str, data_root: str)
     milestones = tuple(sorted({max(1, round(epochs * f)) for f in (16 / 20, 19 / 20)}))
     return Config.from_preset("cpu", method, seed=seed, epochs=epochs, lr_milestones=milestones, probe="none",
                               device=device, data_root=data_root, **over)
-
-
-def step_flop(cfg: Config, num_classes: int, num_train: int) -> float:
-    """FLOP of one optimiser step (forward, backward; the target's forward for BYOL), counted on a real
-    step of random images on the CPU."""
-    torch.manual_seed(0)
-    method = build_method(cfg.replace(device="cpu"), num_classes, num_train)
-    opt = build_optimizer(cfg, method.trainable_parameters())
-    x = torch.rand(cfg.batch_size, 3, 32, 32)
-    augment = BatchAugment.for_config(cfg)
-    views = [augment(x) for _ in range(method.n_views)]
-    y, idx = torch.zeros(cfg.batch_size, dtype=torch.long), torch.arange(cfg.batch_size)
-    with FlopCounterMode(display=False) as counter:
-        train_step(method, method, opt, views, y, idx, 0.5)
-    return float(counter.get_total_flops())
 
 
 def measure_point(name: str, args) -> list[dict]:

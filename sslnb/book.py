@@ -18,7 +18,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .config import ConfigError, nearest
+from .config import ConfigError, nearest, settings_markdown
 from .data import DatasetUnavailable
 from .experiments import CHAPTERS, all_runs, chapter_runs
 from .runs import LaunchError, launch, missing_runs
@@ -64,9 +64,12 @@ def stage(stage_dir: Path = STAGE, keep=()) -> None:
     shutil.copytree(BOOK, stage_dir / "book", ignore=ignore)
     shutil.copytree(ROOT / "sslnb", stage_dir / "sslnb", ignore=ignore)
     (stage_dir / "bench").mkdir()
-    shutil.copy2(ROOT / "bench" / "RESULTS.md", stage_dir / "bench" / "RESULTS.md")  # the performance page
+    for name in ("RESULTS.md", "byol_map.json"):  # the performance page; the compute map's record
+        if (ROOT / "bench" / name).exists():
+            shutil.copy2(ROOT / "bench" / name, stage_dir / "bench" / name)
     for name, content in kept.items():
         (stage_dir / "book" / name).write_bytes(content)
+    (stage_dir / "book" / "settings.md").write_text(settings_markdown())  # generated: it cannot drift
 
 
 def copy_site_files(stage_dir: Path) -> None:

@@ -46,31 +46,31 @@ class Config:
     """Every setting of a run. Defaults are the seed's BYOL command (see module docstring)."""
 
     # what to train
-    method: str = "byol"
-    dataset: str = "cifar100"
-    network: str = "resnet18"
+    method: str = "byol"  # the method trained (supervised: the labelled reference of the same backbone)
+    dataset: str = "cifar100"  # digits: embedded, offline; cifar10/cifar100 from DATA_ROOT; fashion: Fashion-MNIST
+    network: str = "resnet18"  # the CIFAR ResNet (3x3 stem, no max-pool)
     width: int = 64  # channels of the first stage; the seed's ResNets use 64
     image_size: int = 32  # crops and test images are resized to this (the cpu preset uses 16)
     train_size: int = 0  # 0 = the whole train split; otherwise the first N images of a fixed shuffle
-    data_root: str = "data"
+    data_root: str = "data"  # where CIFAR and Fashion-MNIST files are (or are downloaded to)
     download: bool = True  # fetch CIFAR with torchvision where the files are missing
     # the embedded digits rendered differently: entries of sslnb.data.DIGITS_STYLE that differ from it
     # (e.g. {"shift": 0} for centred digits); {} = the standard rendering
     digits_style: dict = field(default_factory=dict)
 
     # optimisation (seed-protocol section 4)
-    epochs: int = 201
+    epochs: int = 201  # passes over the training images (0: the untrained network, evaluated)
     batch_size: int = 512  # global batch, over all devices
-    lr: float = 0.12
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = 0.12  # SGD learning rate at the start (scaled by the schedule)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # on every parameter, as the seed
     optimizer: str = "sgd"  # sgd (the seed: momentum, weight decay on every parameter) | adam
-    lr_schedule: str = "step"
-    lr_milestones: tuple[int, ...] = (160, 190, 200)
-    lr_decay: float = 0.1
-    augment: str = "aug+"
+    lr_schedule: str = "step"  # step: multiply by lr_decay at each milestone | cos: cosine to 0
+    lr_milestones: tuple[int, ...] = (160, 190, 200)  # epochs (from 0) at which the step schedule decays
+    lr_decay: float = 0.1  # the step schedule's factor
+    augment: str = "aug+"  # the seed's augmentation pipeline: normal (its first one) or aug+ (flip and blur added)
     crop_scale: tuple[float, ...] = CROP_SCALE  # the random crop's area range (the seed's 0.2-1 in both pipelines)
-    seed: int = 0
+    seed: int = 0  # initial weights, data order and augmentation randomness
 
     # BatchNorm, as named behaviour (seed-protocol sections 2 and 9)
     bn_code: str = "111"  # BN1 (online projector) BN2 (predictor) BN3 (target projector)
@@ -86,9 +86,9 @@ class Config:
     ema: float = 0.996  # target <- ema * target + (1 - ema) * online, after every step
     ema_schedule: str = "fixed"  # fixed (seed) or cos (BYOL paper: ema -> 1 over training)
     target_init: str = "independent"  # the seed builds the target separately; the paper copies
-    proj_dim: int = 256
+    proj_dim: int = 256  # projection (and prediction) output size
     proj_hidden: int = 0  # 0 = the backbone feature size, as in the seed (512 for ResNet-18)
-    pred_hidden: int = 256
+    pred_hidden: int = 256  # the predictor's hidden size
     pred_lr_mult: float = 1.0  # predictor lr = lr * this (1 in the seed; >1 as in Tian et al., 2021)
 
     # SimCLR and InsDis
@@ -100,13 +100,14 @@ class Config:
     bank_momentum: float = 0.5  # memory bank: v <- normalise(m v + (1 - m) f)
 
     # evaluation (seed-protocol section 6)
-    knn_k: int = 200
-    knn_t: float = 0.07
+    knn_k: int = 200  # neighbours of the weighted kNN monitor
+    knn_t: float = 0.07  # temperature of the kNN monitor's vote weights
     probe: str = "seed"  # the seed's linear probe on layer-6 features, or none
-    probe_epochs: int = 100
-    probe_lr: float = 30.0
-    probe_milestones: tuple[int, ...] = (40, 60, 80)
+    probe_epochs: int = 100  # epochs of the linear probe
+    probe_lr: float = 30.0  # the linear probe's learning rate (the seed's 30)
+    probe_milestones: tuple[int, ...] = (40, 60, 80)  # probe epochs after which its rate is multiplied by 0.2
 
+    # where and how it runs
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # processes (GPUs) training this run together under torchrun; batch_size stays the global batch
     world_size: int = 1
@@ -117,6 +118,8 @@ class Config:
     channels_last: str = "auto"  # auto (on for CUDA, and on a CPU only at width >= 64, as measured) | on | off
     amp: str = "auto"  # auto (bf16 autocast on CUDA, none on a CPU) | bf16 | none
     compile: bool = False  # torch.compile the method's forward
+
+    # provenance
     preset: str = ""  # the preset this config was made from, for provenance only
 
     def __post_init__(self) -> None:
@@ -238,6 +241,15 @@ _PRESET_VALUES: dict[str, dict[str, dict]] = {
 
 
 # ---------------------------------------------------------------------- validation
+# The fields that take one of a few values, and those values (validation and --help use this table).
+CHOICES = {"method": METHODS, "dataset": DATASETS, "network": NETWORKS, "augment": AUGMENTS,
+           "lr_schedule": LR_SCHEDULES, "optimizer": ("sgd", "adam"), "ema_schedule": ("fixed", "cos"),
+           "target_init": TARGET_INITS, "view_bn": VIEW_BN, "probe": PROBES, "simclr_loss": SIMCLR_LOSSES,
+           "insdis_loss": INSDIS_LOSSES, "insdis_head": INSDIS_HEADS, "channels_last": ("auto", "on", "off"),
+           "amp": ("auto", "bf16", "none"), "dist_bn": DIST_BN, "simclr_gather": SIMCLR_GATHER,
+           "preset": PRESETS + ("",)}
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -277,20 +289,13 @@ def _check(name: str, ok: bool, expected: str, value) -> None:
 
 def validate(c: Config) -> None:
     """Raise :class:`ConfigError` (one line, naming the field) on the first bad setting."""
-    for name, allowed in [("method", METHODS), ("network", NETWORKS),
-                          ("augment", AUGMENTS), ("lr_schedule", LR_SCHEDULES), ("optimizer", ("sgd", "adam")), ("ema_schedule", ("fixed", "cos")),
-                          ("target_init", TARGET_INITS), ("view_bn", VIEW_BN), ("probe", PROBES),
-                          ("simclr_loss", SIMCLR_LOSSES), ("insdis_loss", INSDIS_LOSSES),
-                          ("insdis_head", INSDIS_HEADS), ("channels_last", ("auto", "on", "off")),
-                          ("amp", ("auto", "bf16", "none")), ("dist_bn", DIST_BN),
-                          ("simclr_gather", SIMCLR_GATHER)]:
+    for name, allowed in CHOICES.items():
         _check_choice(name, getattr(c, name), allowed)
-    _check_choice("preset", c.preset, PRESETS + ("",))
-    _check_choice("dataset", c.dataset, DATASETS)
     lo_hi = isinstance(c.crop_scale, tuple) and len(c.crop_scale) == 2 and all(_is_number(v) for v in c.crop_scale)
     _check("crop_scale", lo_hi and 0 < c.crop_scale[0] <= c.crop_scale[1] <= 1,
            "two numbers 0 < lo <= hi <= 1, such as 0.2,1", c.crop_scale)
-    _check("digits_style", isinstance(c.digits_style, dict), "a dict of sslnb.data.DIGITS_STYLE entries", c.digits_style)
+    _check("digits_style", isinstance(c.digits_style, dict), "a dict of sslnb.data.DIGITS_STYLE entries",
+           c.digits_style)
     for key, value in c.digits_style.items():
         _check("digits_style", key in DIGITS_STYLE, f"entries of {', '.join(DIGITS_STYLE)}", key)
         if isinstance(DIGITS_STYLE[key], tuple):
@@ -365,3 +370,85 @@ def parse_value(name: str, text: str):
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not allowed; expected a value of type {kind}") from None
     return str(text)
+
+
+# ---------------------------------------------------------------------- documentation
+def field_docs() -> list[tuple[str, list[dict]]]:
+    """Every Config field documented from the dataclass itself, in its groups: ``[(group title, [{name,
+    type, default, choices, meaning}, ...]), ...]``. A comment block after a blank line (or above a field
+    that has a comment of its own) titles a group; a comment at the end of a field's line, or right above a
+    field without one, is its meaning. ``--help`` and the book's "Every setting" page are made from this,
+    so they cannot drift from the code."""
+    import inspect
+
+    source = inspect.getsource(Config).splitlines()
+    lines = source[next(i for i, line in enumerate(source) if line.startswith("class ")) + 1:]
+    defaults = Config()
+    types = {f.name: f.type for f in fields(Config)}
+    groups: list[tuple[str, list[dict]]] = []
+    pending: list[str] = []
+    blank_before = True
+    for line in lines:
+        text = line.strip()
+        if text.startswith("def ") or text.startswith("@"):
+            break
+        if not text:
+            blank_before = True
+            continue
+        if text.startswith("#"):
+            if not pending:
+                pending_after_blank = blank_before
+            pending.append(text.lstrip("# ").rstrip())
+            blank_before = False
+            continue
+        name = text.split(":", 1)[0].strip()
+        if name not in types:
+            blank_before = False
+            continue
+        own = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+        if pending and (pending_after_blank or own):
+            groups.append((" ".join(pending), []))
+            pending = []
+        elif not groups or (blank_before and not pending):
+            groups.append(("other settings" if groups else "", []))
+        meaning = own or " ".join(pending)
+        pending = []
+        blank_before = False
+        default = getattr(defaults, name)
+        groups[-1][1].append({"name": name, "type": types[name], "default": default,
+                              "choices": CHOICES.get(name), "meaning": meaning})
+    return groups
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def field_help(doc: dict) -> str:
+    """One line for ``--help``: the meaning, the type, the allowed values and the default."""
+    choices = f"; one of {' | '.join(c or chr(39) * 2 for c in doc['choices'])}" if doc["choices"] else ""
+    meaning = f"{doc['meaning']}. " if doc["meaning"] else ""
+    return f"{meaning}[{doc['type']}{choices}; default {_shown(doc['default'])}]".replace("%", "%%")
+
+
+def settings_markdown() -> str:
+    """The book's appendix page "Every setting", generated from :func:`field_docs`."""
+    out = ["# Every setting", "",
+           "Every field of `sslnb.config.Config`, generated from the dataclass (its comments and defaults) "
+           "when the book is built. Each is a flag of `python -m sslnb.train` (`--bn-code 010`), a keyword of "
+           "`Config.from_preset` and a key of a run's `config.json`; the presets (`smoke`, `cpu`, `paper`) "
+           "change some defaults (see `_PRESET_VALUES` in `sslnb/config.py`).", ""]
+    for title, docs in field_docs():
+        out += [f"## {title[:1].upper() + title[1:] if title else 'What to train'}", "",
+                "| setting | flag | type | default | allowed | meaning |", "|---|---|---|---|---|---|"]
+        for d in docs:
+            allowed = ", ".join(f"`{c}`" for c in d["choices"] if c) if d["choices"] else ""
+            meaning = d["meaning"].replace("|", "\\|")
+            out.append(f"| `{d['name']}` | `--{d['name'].replace('_', '-')}` | `{d['type']}` "
+                       f"| `{_shown(d['default']) or chr(39) * 2}` | {allowed} | {meaning} |")
+        out.append("")
+    return "\n".join(out)

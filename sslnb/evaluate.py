@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .augment import BatchAugment, resize_batch, seeded_generator
 from .config import Config
@@ -350,3 +351,19 @@ def bn_affine_drift(state: dict, module: str) -> dict[str, float] | None:
     if w is None:
         return None
     return {"scale": (w - 1).abs().max().item(), "shift": b.abs().max().item()}
+
+
+def step_flop(cfg: Config, num_classes: int = 10, num_train: int = 3000) -> float:
+    """FLOP of one training step of ``cfg``'s method (forward and backward of the loss, the target's
+    forward included for BYOL; the optimiser's elementwise update is not counted), counted by
+    ``torch.utils.flop_counter`` on a real step with a random batch of ``cfg.batch_size`` images on the CPU."""
+    torch.manual_seed(0)
+    method = build_method(cfg.replace(device="cpu"), num_classes, num_train)
+    augment = BatchAugment.for_config(cfg)
+    x = torch.rand(cfg.batch_size, 3, 32, 32)
+    views = [augment(x) for _ in range(method.n_views)]
+    y, idx = torch.zeros(cfg.batch_size, dtype=torch.long), torch.arange(cfg.batch_size)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = method(views, y, idx)
+        loss.backward()
+    return float(counter.get_total_flops())

@@ -145,9 +145,15 @@ def batch_chapter(preset: str = "cpu", dataset: str | None = None, device: str =
     return runs
 
 
+def no_runs(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+            data_root: str = "data") -> dict[str, Config]:
+    """A page that trains nothing (the compute map draws bench/byol_map.json, made by bench/byol_map.py)."""
+    return {}
+
+
 CHAPTERS = {"00_results": results_chapter, "01_insdis": insdis_chapter, "02_simclr": simclr_chapter,
             "03_byol": byol_chapter, "04_bn_collapse": bn_chapter, "05_batch_size": batch_chapter,
-            "06_variance": variance_chapter}
+            "06_variance": variance_chapter, "08_byol_compute": no_runs}
 
 
 def chapter_runs(chapter: str, preset: str = "cpu", dataset: str | None = None, device: str = "auto",

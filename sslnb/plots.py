@@ -143,15 +143,17 @@ def curves(ax, runs: dict[str, Run], metric: str = "loss", log: bool = False, sm
         ax.legend(fontsize=7, ncols=2 if len(ax.lines) > 6 else 1)
 
 
-def table(rows: list[dict], runs: dict, precision: int = 1, formats: dict | None = None):
+def table(rows: list[dict], runs: dict | None = None, precision: int = 1, formats: dict | None = None,
+          caption: str | None = None):
     """The book's one way to show a table: ``rows`` (dicts, one per row) as a styled pandas table with
     ``precision`` decimals (``formats``: column -> format string, for the exceptions), a dash for a
-    missing cell, no index, and a caption saying which runs (``{label: Run}``) made its numbers. Cells
-    keep their Python types (an integer column with a gap still shows integers)."""
+    missing cell, no index, and a caption saying which runs (``{label: Run}``) made its numbers (or
+    ``caption``, for numbers recorded elsewhere). Cells keep their Python types (an integer column with a
+    gap still shows integers)."""
     import pandas as pd
 
     return (pd.DataFrame(rows, dtype=object).style.format(formats or {}, precision=precision, na_rep="–")
-            .hide(axis="index").set_caption(table_caption(runs)))
+            .hide(axis="index").set_caption(caption or table_caption(runs)))
 
 
 def provenance_markdown(runs: dict, what: str = "these numbers") -> str:
@@ -200,3 +202,61 @@ def table_caption(runs: dict) -> str:
     """A caption for a results table (``Styler.set_caption``): where its numbers come from."""
     return "Our numbers (anything marked as the seed's is theirs) come from " + provenance_line(runs)
 
+
+
+# ---------------------------------------------------------------------- the BYOL compute map
+def load_compute_map(path: str | Path) -> list[dict]:
+    """The rows of ``bench/byol_map.json`` (one per run of the map; see ``bench/byol_map.py``), or []
+    where no point has been measured yet."""
+    import json
+
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def compute_map_summary(rows: list[dict], threshold: float = 10.0) -> list[dict]:
+    """One row per point and method: compute, mean and smallest kNN gain over the seeds against the
+    calibrated untrained network (and against the plain one), and whether every seed clears
+    ``threshold`` points (the bar of a preset in which BYOL learns)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["point"], r["method"]), []).append(r)
+    out = []
+    for (point, method), rs in groups.items():
+        gains = [r["knn_final"] - r["untrained_knn_calibrated"] for r in rs]
+        plain = [r["knn_final"] - r["untrained_knn"] for r in rs]
+        first = rs[0]
+        out.append({"point": point, "method": method, "seeds": len(rs), "dataset": first["dataset"],
+                    "width": first["width"], "pixels": first["image_size"], "images": first["train_images"],
+                    "steps": first["steps"], "PFLOP": first["train_flop"] / 1e15,
+                    "core-hours": float(np.mean([r["core_hours"] for r in rs])),
+                    "kNN": float(np.mean([r["knn_final"] for r in rs])),
+                    "untrained (calibrated)": float(np.mean([r["untrained_knn_calibrated"] for r in rs])),
+                    "gain vs calibrated": float(np.mean(gains)), "smallest gain": min(gains),
+                    "gain vs plain": float(np.mean(plain)),
+                    f"≥ {threshold:g} on every seed": "yes" if len(rs) >= 2 and min(gains) >= threshold else "no"})
+    return out
+
+
+def compute_map(axes, rows: list[dict], threshold: float = 10.0) -> None:
+    """The map: each run's kNN gain over the calibrated untrained network against its training compute
+    (FLOP, log scale; left) and against the core-hours it took (right); one colour per method, one
+    marker per dataset, the ``threshold`` as a dashed line and no gain as a dotted one."""
+    markers = {"digits": "o", "fashion": "s", "cifar10": "^", "cifar100": "v"}
+    colours = {"byol": "C3", "simclr": "C0"}
+    axes = np.atleast_1d(axes)
+    for ax, key, label in zip(axes, ("train_flop", "core_hours"),
+                              ("training compute (FLOP)", "core-hours on the machine that ran it")):
+        seen = set()
+        for r in rows:
+            tag = (r["method"], r["dataset"])
+            ax.scatter(r[key], r["knn_final"] - r["untrained_knn_calibrated"], color=colours.get(r["method"], "k"),
+                       marker=markers.get(r["dataset"], "x"), s=28, alpha=0.8,
+                       label=f"{r['method']}, {r['dataset']}" if tag not in seen else None)
+            seen.add(tag)
+        ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"+{threshold:g} points")
+        ax.axhline(0, color="grey", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("kNN gain over the calibrated\nuntrained network (points)")

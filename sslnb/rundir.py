@@ -208,12 +208,18 @@ def verify_resume(run_dir: Path, cfg: Config, map_location="cpu", say=print) -> 
     recover: a temporary file of an interrupted write, and records written after the last checkpoint.
     """
     run_dir = Path(run_dir)
-    for tmp in sorted(run_dir.glob("*.tmp")):
+    state = _checked_checkpoint(run_dir, cfg, map_location, say)
+    for tmp in sorted(run_dir.glob("*.tmp")):  # only once everything else is known to be sound
         tmp.unlink()
-        say(f"{run_dir}: removed {tmp.name}, left by a write that was interrupted (the file it was replacing is intact)")
+        say(f"{run_dir}: removed {tmp.name}, left by a write that was interrupted (the file it was replacing "
+            f"is intact)")
+    return state
+
+
+def _checked_checkpoint(run_dir: Path, cfg: Config, map_location, say) -> dict | None:
     ckpt, metrics = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
     if not ckpt.exists():
-        epochs = [r for r in _records_or_damaged(run_dir, metrics) if r.get("kind") == "epoch" and r.get("epoch", 0) > 0]
+        epochs = [r for r in _records_or_damaged(run_dir, metrics) if r.get("kind") == "epoch" and r.get("epoch")]
         if epochs:
             raise _damaged(run_dir, f"{ckpt} is missing, but {metrics.name} records {len(epochs)} trained epoch(s)")
         return None

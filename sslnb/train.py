@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import dist
 from .augment import BatchAugment, seeded_generator
-from .config import Config, ConfigError, field_names, parse_value
+from .config import Config, ConfigError, field_docs, field_help, field_names, parse_value
 from .data import DatasetUnavailable, batches_per_epoch, dataset_of
 from .evaluate import epoch_record, final_result
 from .methods import build_method
@@ -260,8 +260,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m sslnb.train", description="Train one run into a run directory.",
-                allow_abbrev=False)
+    p = _Parser(prog="python -m sslnb.train", allow_abbrev=False,
+                description="Train one run into a run directory. Every setting below is a field of "
+                            "sslnb.config.Config; the defaults shown are the dataclass's (the seed's BYOL "
+                            "command), --preset changes some of them, and each flag overrides one.")
     p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--run-dir", help="the run directory (default: RUN_ROOT/<name from the config>)")
     p.add_argument("--run-root", default="runs", help="where runs live when --run-dir is not given")
@@ -269,9 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="if another process is training the same run directory, wait for it (default: refuse)")
     p.add_argument("--config", help="a config.json to train exactly (flags given as well override it)")
-    for name in field_names():
-        if name != "preset":
-            p.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", help=argparse.SUPPRESS)
+    for title, docs in field_docs():  # every Config field, documented from the dataclass
+        group = p.add_argument_group(f"settings: {title}" if title else "settings")
+        for doc in docs:
+            if doc["name"] != "preset":
+                group.add_argument(f"--{doc['name'].replace('_', '-')}", dest=doc["name"], metavar="VALUE",
+                                   help=field_help(doc))
     return p
 
 

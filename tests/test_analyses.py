@@ -120,3 +120,12 @@ def test_steps_per_epoch_without_loading_data():
     assert steps_per_epoch(cfg) == 4
     assert steps_per_epoch(cfg.replace(train_size=250)) == 4  # 58 left over: kept (>= 2 per BN group)
     assert steps_per_epoch(cfg.replace(train_size=195)) == 3  # 3 left over: dropped
+
+
+def test_step_flop_counts_the_method_and_scales_with_width():
+    from sslnb.evaluate import step_flop
+
+    byol, simclr = (step_flop(Config.from_preset("cpu", m)) for m in ("byol", "simclr"))
+    assert byol > simclr > 0  # BYOL also runs its target network
+    wide = step_flop(Config.from_preset("cpu", "simclr", width=16))
+    assert 3.0 < wide / simclr < 4.2  # convolutions dominate: twice the channels, about four times the work

@@ -77,3 +77,21 @@ def test_step_schedule_is_the_seeds():
     c = Config.from_preset("paper", "byol")
     assert [learning_rate(c, e) for e in (0, 159, 160, 189, 190, 199, 200)] == pytest.approx(
         [0.12, 0.12, 0.012, 0.012, 0.0012, 0.0012, 0.00012])
+
+
+def test_every_setting_is_documented_in_help_and_in_the_book():
+    import subprocess
+    import sys
+
+    from sslnb.config import field_docs, field_names, settings_markdown
+
+    docs = [d for _, group in field_docs() for d in group]
+    assert [d["name"] for d in docs] == field_names()
+    assert all(d["meaning"] for d in docs), [d["name"] for d in docs if not d["meaning"]]  # a comment per field
+    help_text = subprocess.run([sys.executable, "-m", "sslnb.train", "--help"], capture_output=True, text=True).stdout
+    page = settings_markdown()
+    for d in docs:
+        flag = f"--{d['name'].replace('_', '-')}"
+        assert d["name"] == "preset" or flag in help_text, flag
+        assert f"| `{d['name']}` |" in page
+    assert "one of digits | cifar10 | cifar100 | fashion" in " ".join(help_text.split())

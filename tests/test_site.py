@@ -17,7 +17,8 @@ from browser import Browser, find_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["book/intro"] + re.findall(r"file:\s*(\S+)", (ROOT / "_toc.yml").read_text())
-NOTEBOOKS = [p for p in PAGES if (ROOT / f"{p}.ipynb").exists()]
+# The chapters with explorers (the compute-map page draws a recorded map and has none).
+NOTEBOOKS = [p for p in PAGES if (ROOT / f"{p}.ipynb").exists() and "explore(" in (ROOT / f"{p}.ipynb").read_text()]
 SHOTS = Path(os.environ.get("SSLNB_SCREENSHOTS", ROOT / "_build" / "screenshots"))
 
 # Widgets the explorers render (ipywidgets 8 class names in the HTML manager's DOM).
