@@ -55,6 +55,10 @@ POINTS = {
     "digits-w32": dict(dataset="digits", width=32, image_size=16, epochs=20),
     "fashion-60k-w8": dict(dataset="fashion", width=8, image_size=16, epochs=8),
     "fashion-10k-w8-40ep": dict(dataset="fashion", width=8, image_size=16, train_size=10000, epochs=40),
+    # the BatchNorm study's sharpest contrast at the same point: no BatchNorm in any head (the seed's 000
+    # collapsed), BYOL only
+    "fashion-10k-w8-40ep-bn000": dict(dataset="fashion", width=8, image_size=16, train_size=10000, epochs=40,
+                                      bn_code="000", methods=("byol",)),
     "gpu-fashion-60k-w64-32px": dict(dataset="fashion", width=64, image_size=32, epochs=40),
     "gpu-digits-w64-32px-100ep": dict(dataset="digits", width=64, image_size=32, epochs=100),
 }
@@ -62,6 +66,7 @@ POINTS = {
 
 def point_config(name: str, method: str, seed: int, device: str, data_root: str) -> Config:
     over = dict(POINTS[name])
+    over.pop("methods", None)
     epochs = over.pop("epochs")
     milestones = tuple(sorted({max(1, round(epochs * f)) for f in (16 / 20, 19 / 20)}))
     return Config.from_preset("cpu", method, seed=seed, epochs=epochs, lr_milestones=milestones, probe="none",
@@ -69,8 +74,9 @@ def point_config(name: str, method: str, seed: int, device: str, data_root: str)
 
 
 def measure_point(name: str, args) -> list[dict]:
-    configs = {(m, s): point_config(name, m, s, args.device, args.data_root) for m in METHODS for s in SEEDS}
-    init_cfgs = {s: configs["byol", s].replace(epochs=0, augment="normal") for s in SEEDS}
+    methods = POINTS[name].get("methods", METHODS)
+    configs = {(m, s): point_config(name, m, s, args.device, args.data_root) for m in methods for s in SEEDS}
+    init_cfgs = {s: configs["byol", s].replace(epochs=0, augment="normal", bn_code="111") for s in SEEDS}
     started = time.time()
     runs = launch([*init_cfgs.values(), *configs.values()], args.run_root, progress=not args.quiet, jobs=args.jobs)
     run_of = dict(zip([("init", s) for s in SEEDS] + list(configs), runs))
@@ -92,7 +98,8 @@ def measure_point(name: str, args) -> list[dict]:
             "batch_size": cfg.batch_size, "flop_per_step": flop, "train_flop": flop * steps,
             "wall_s": wall, "threads": threads, "core_hours": wall * threads / 3600,
             "knn_final": run.result["knn"], "knn_best": max(e["knn"] for e in epochs),
-            "eff_rank": run.result.get("eff_rank"), "untrained_knn": run_of["init", seed].result["knn"],
+            "eff_rank": run.result.get("eff_rank"), "bn_code": cfg.bn_code, "z_std": run.result.get("z_std"),
+            "z_std_ref": run.result.get("z_std_ref"), "untrained_knn": run_of["init", seed].result["knn"],
             "untrained_knn_calibrated": calibrated[seed], "raw_pixel_knn": pixels,
             "device": run.provenance.get("device_name", "?"), "commit": run.provenance.get("git_commit", "?"),
             "run": run.name, "command": "python " + " ".join(sys.argv),

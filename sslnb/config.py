@@ -444,11 +444,11 @@ def settings_markdown() -> str:
            "change some defaults (see `_PRESET_VALUES` in `sslnb/config.py`).", ""]
     for title, docs in field_docs():
         out += [f"## {title[:1].upper() + title[1:] if title else 'What to train'}", "",
-                "| setting | flag | type | default | allowed | meaning |", "|---|---|---|---|---|---|"]
+                "| flag (field) | meaning | default | type, allowed |", "|---|---|---|---|"]
         for d in docs:
             allowed = ", ".join(f"`{c}`" for c in d["choices"] if c) if d["choices"] else ""
             meaning = d["meaning"].replace("|", "\\|")
-            out.append(f"| `{d['name']}` | `--{d['name'].replace('_', '-')}` | `{d['type']}` "
-                       f"| `{_shown(d['default']) or chr(39) * 2}` | {allowed} | {meaning} |")
+            out.append(f"| `--{d['name'].replace('_', '-')}` | {meaning} | `{_shown(d['default']) or chr(39) * 2}` "
+                       f"| `{d['type']}`{': ' + allowed if allowed else ''} |")
         out.append("")
     return "\n".join(out)
