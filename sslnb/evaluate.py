@@ -354,16 +354,23 @@ def bn_affine_drift(state: dict, module: str) -> dict[str, float] | None:
 
 
 def step_flop(cfg: Config, num_classes: int = 10, num_train: int = 3000) -> float:
-    """FLOP of one training step of ``cfg``'s method (forward and backward of the loss, the target's
-    forward included for BYOL; the optimiser's elementwise update is not counted), counted by
-    ``torch.utils.flop_counter`` on a real step with a random batch of ``cfg.batch_size`` images on the CPU."""
-    torch.manual_seed(0)
-    method = build_method(cfg.replace(device="cpu"), num_classes, num_train)
-    augment = BatchAugment.for_config(cfg)
-    x = torch.rand(cfg.batch_size, 3, 32, 32)
-    views = [augment(x) for _ in range(method.n_views)]
-    y, idx = torch.zeros(cfg.batch_size, dtype=torch.long), torch.arange(cfg.batch_size)
-    with FlopCounterMode(display=False) as counter:
-        loss, _ = method(views, y, idx)
-        loss.backward()
-    return float(counter.get_total_flops())
+    """FLOP of one training step of ``cfg``'s method: forward and backward of the loss on a batch of
+    ``cfg.batch_size`` views at ``cfg.image_size`` (the target's forward included for BYOL; the optimiser's
+    elementwise update is not counted), counted by ``torch.utils.flop_counter`` on the step's real
+    operations. The network is built on the meta device (shapes only, nothing computed), or on the CPU for
+    a method whose step needs values (InsDis with NCE)."""
+    def count(device: str) -> float:
+        torch.manual_seed(0)
+        with torch.device(device):
+            method = build_method(cfg.replace(device="cpu"), num_classes, num_train)
+            views = [torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size) for _ in range(method.n_views)]
+            y, idx = torch.zeros(cfg.batch_size, dtype=torch.long), torch.arange(cfg.batch_size)
+        with FlopCounterMode(display=False) as counter:
+            loss, _ = method(views, y, idx)
+            loss.backward()
+        return float(counter.get_total_flops())
+
+    try:
+        return count("meta")
+    except (NotImplementedError, RuntimeError):  # a value was needed (e.g. NCE's normaliser)
+        return count("cpu")
