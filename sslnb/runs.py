@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError, check_known
 from .data import steps_per_epoch
 from .rundir import finished, read_config, read_records, run_name, steps_done, write_json_atomic
+from .grid import plan, train_grid
 from .train import train
 
 
@@ -148,24 +149,42 @@ def missing_runs(configs, run_root: str | Path = "runs") -> list[tuple[Config, P
     return missing
 
 
-def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: int = 1) -> list[Run]:
+def use_grids(grid: bool | None = None) -> bool:
+    """Whether :func:`launch` trains grids of runs as one batched network: ``grid`` if given, else
+    the environment's ``SSLNB_GRID`` (``0`` turns grids off; ``make book GRID=0``), else yes."""
+    return grid if grid is not None else os.environ.get("SSLNB_GRID", "1") != "0"
+
+
+def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: int = 1,
+           grid: bool | None = None) -> list[Run]:
     """Make sure every config has a finished run under ``run_root``; train only what is missing.
 
     Finished runs (same config, same directory) are reused as they are; interrupted ones resume from
-    their checkpoint. With ``jobs`` > 1 the missing runs train in that many subprocesses at once, each
-    with one thread (on a 2-core laptop two single-thread runs finish sooner than two two-thread runs
-    one after the other), with one progress bar per run. Returns the runs in the order of ``configs``.
+    their checkpoint. Missing runs that differ only in seed, BN code or temperature train as grids, each
+    one batched network in one process (:mod:`sslnb.grid`; ``grid=False`` or ``SSLNB_GRID=0`` turns this
+    off), the others alone. With ``jobs`` > 1 the grids and runs train in that many subprocesses at
+    once, each with one thread (on a 2-core laptop two single-thread processes finish sooner than two
+    two-thread ones one after the other), with one progress bar each. Returns the runs in the order of
+    ``configs``.
     """
     configs = [configs] if isinstance(configs, Config) else list(configs)
     paths = [Path(run_root) / run_name(cfg) for cfg in configs]
     missing = missing_runs(configs, run_root)
-    if missing and jobs > 1 and len(missing) > 1:
-        train_concurrently(missing, [None] * jobs, progress=progress, threads=1)
+    grids, alone = plan(missing, parts=jobs) if use_grids(grid) else ([], missing)
+    if jobs > 1 and len(grids) + len(alone) > 1:
+        train_concurrently([*grids, *alone], [None] * jobs, progress=progress, threads=1)
     else:
-        for i, (cfg, path) in enumerate(missing):
-            if progress:
-                print(f"[{i + 1}/{len(missing)}] training {path}", flush=True)
-            train(cfg, path, progress=progress, wait=True)
+        for i, members in enumerate([*grids, *alone]):
+            if isinstance(members, list):
+                if progress:
+                    print(f"[{i + 1}/{len(grids) + len(alone)}] training a grid of {len(members)}: "
+                          f"{', '.join(p.name for _, p in members)}", flush=True)
+                train_grid([c for c, _ in members], [p for _, p in members], progress=progress, wait=True)
+            else:
+                cfg, path = members
+                if progress:
+                    print(f"[{i + 1}/{len(grids) + len(alone)}] training {path}", flush=True)
+                train(cfg, path, progress=progress, wait=True)
     runs = [load_run(path) for path in paths]
     failed = [run for run in runs if not run.done]
     if failed:
@@ -181,6 +200,7 @@ def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: 
 class Job:
     cfg: Config
     path: Path
+    grid: list[tuple[Config, Path]] = field(default_factory=list)  # every run of a grid job (path: the first)
     devices: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     started: float = 0.0
@@ -194,6 +214,11 @@ def launcher(world_size: int = 1) -> list[str]:
     if world_size == 1:
         return [sys.executable]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}"]
+
+
+def grid_command(run_dirs) -> list[str]:
+    """The command that trains ``run_dirs`` (each with its ``config.json``) as one grid (:mod:`sslnb.grid`)."""
+    return [sys.executable, "-m", "sslnb.grid", "--quiet", "--wait", *map(str, run_dirs)]
 
 
 def train_command(run_dir: Path, world_size: int = 1) -> list[str]:
@@ -211,15 +236,18 @@ def _log(path: Path | None, **event) -> None:
 
 def train_concurrently(pairs, devices: list[str | None], progress: bool = True, threads: int | None = None,
                        log_path: Path | None = None, poll_s: float = 1.0) -> list[Job]:
-    """Train ``(config, run_dir)`` pairs as subprocesses sharing ``devices``.
+    """Train ``(config, run_dir)`` pairs, and grids (lists of such pairs, :mod:`sslnb.grid`), as
+    subprocesses sharing ``devices``.
 
     ``devices`` are device ids (``"0"``, ``"1"``, ...; each job's ``CUDA_VISIBLE_DEVICES``) or ``None``
     for plain CPU slots. A job starts when ``world_size`` devices are free, in queue order, except that a
     smaller job may start while a larger one waits for devices. ``threads`` sets each process's CPU
     threads (default: the cores shared evenly). Each run's output goes to ``RUN_DIR/train.log``; a failed
-    run does not stop the others. Returns the jobs with their status and seconds.
+    run does not stop the others (a grid's output goes to its first run's log, and the others' logs say
+    so). Returns the jobs with their status and seconds.
     """
-    jobs = [Job(cfg, Path(path)) for cfg, path in pairs]
+    jobs = [Job(p[0][0], Path(p[0][1]), [(c, Path(q)) for c, q in p]) if isinstance(p, list) else Job(p[0], Path(p[1]))
+            for p in pairs]
     too_big = [j for j in jobs if j.cfg.world_size > len(devices)]
     if too_big:
         raise ValueError(f"{too_big[0].path.name} needs {too_big[0].cfg.world_size} devices; "
@@ -255,21 +283,26 @@ def train_concurrently(pairs, devices: list[str | None], progress: bool = True, 
             total.update(1)
             _log(log_path, event="end", run=job.path.name, devices=job.devices, status=job.status, code=code)
             where = f" on device {','.join(job.devices)}" if job.devices[0] is not None else ""
-            total.write(f"{job.path.name}: {job.status}{where} in {job.seconds / 60:.1f} min"
+            name = f"grid of {len(job.grid)} ({job.path.name}, ...)" if job.grid else job.path.name
+            total.write(f"{name}: {job.status}{where} in {job.seconds / 60:.1f} min"
                         + ("" if code == 0 else f" (exit {code}; see {job.path}/train.log)"))
     total.close()
     return jobs
 
 
 def _start(job: Job, threads: int) -> None:
-    job.path.mkdir(parents=True, exist_ok=True)
-    if not (job.path / "config.json").exists():
-        write_json_atomic(job.path / "config.json", job.cfg.to_dict())
+    for cfg, path in job.grid or [(job.cfg, job.path)]:
+        path.mkdir(parents=True, exist_ok=True)
+        if not (path / "config.json").exists():
+            write_json_atomic(path / "config.json", cfg.to_dict())
+        if path != job.path:
+            with open(path / "train.log", "a") as log:
+                log.write(f"trained in a grid of {len(job.grid)}; its log is {job.path / 'train.log'}\n")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if job.devices[0] is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(job.devices)
+    command = grid_command([p for _, p in job.grid]) if job.grid else train_command(job.path, job.cfg.world_size)
     with open(job.path / "train.log", "a") as log:
-        job.proc = subprocess.Popen(train_command(job.path, job.cfg.world_size), stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
+        job.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     job.started = time.time()
     job.status = "running"

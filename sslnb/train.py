@@ -35,11 +35,12 @@ from .rundir import (RunDirError, claim, config_difference, finished, lock, prov
                      save_atomic, verify_resume, write_error, write_json_atomic)
 
 
-def use_channels_last(cfg: Config, device: torch.device) -> bool:
-    """``channels_last`` resolved for ``device``. Measured on this project's 2-core CPU (CIFAR ResNet-18,
-    one training step): NCHW is 2.6-4.7x faster at widths 16-32 and channels_last ~10% faster at 64."""
+def use_channels_last(cfg: Config, device: torch.device, groups: int = 1) -> bool:
+    """``channels_last`` resolved for ``device`` (``groups``: runs batched by :mod:`sslnb.grid`). Measured on
+    this project's 2-core CPU (CIFAR ResNet-18, one training step): NCHW is 2.6-4.7x faster at widths
+    16-32 and channels_last ~10% faster at 64; for grouped convolutions (grids) channels_last is faster."""
     if cfg.channels_last == "auto":
-        return device.type == "cuda" or cfg.width >= 64
+        return device.type == "cuda" or cfg.width >= 64 or groups > 1
     return cfg.channels_last == "on"
 
 
@@ -100,11 +101,11 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, on_epoch_end=
     with contextlib.ExitStack() as held:
         state = None
         if main:
-            _make_run_dir(run_dir)
-            held.enter_context(lock(run_dir, wait, say=_note))
+            make_run_dir(run_dir)
+            held.enter_context(lock(run_dir, wait, say=note))
             if not finished(run_dir):  # (another process may have finished it while this one waited)
                 claim(run_dir, cfg)
-                state = verify_resume(run_dir, cfg, map_location=device, say=_note)
+                state = verify_resume(run_dir, cfg, map_location=device, say=note)
         dist.barrier()
         if finished(run_dir) and _is_finished_run(run_dir, cfg, main):
             return run_dir
@@ -124,11 +125,11 @@ def _is_finished_run(run_dir: Path, cfg: Config, main: bool) -> bool:
     return True
 
 
-def _note(message: str) -> None:
+def note(message: str) -> None:
     print(f"sslnb.train: {message}", file=sys.stderr, flush=True)
 
 
-def _make_run_dir(run_dir: Path) -> None:
+def make_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -150,7 +151,7 @@ def _train(cfg: Config, run_dir: Path, device, data, state: dict | None, progres
     method = build_method(cfg, data.num_classes, len(data.train))
     method = dist.configure_batchnorm(method, cfg.dist_bn, cfg.bn_groups).to(device)
     opt = build_optimizer(cfg, method.trainable_parameters())
-    metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
+    metrics_path = run_dir / "metrics.jsonl"
     prov = {**provenance(device), "world_size": world, "dist_bn": cfg.dist_bn,
             "bn_batch": dist.bn_batch(cfg.batch_size, cfg.bn_groups, cfg.dist_bn, world)}
     start_epoch, step, wall = 0, 0, 0.0
@@ -160,7 +161,7 @@ def _train(cfg: Config, run_dir: Path, device, data, state: dict | None, progres
         start_epoch, step, wall = state["epoch"], state["step"], state["wall_s"]
         prov["resumed_at_epoch"] = start_epoch
     elif main:  # epoch 0: the randomly initialised network
-        _write_metrics(metrics_path, "w", [{"kind": "epoch", "epoch": 0, **epoch_record(method, data, cfg, device)}])
+        write_metrics(metrics_path, "w", [{"kind": "epoch", "epoch": 0, **epoch_record(method, data, cfg, device)}])
     dist.broadcast_state(method)  # identical start on every process, whatever their RNGs did
     method, forward = apply_performance_options(method, cfg, device)
     channels_last = use_channels_last(cfg, device)
@@ -179,14 +180,11 @@ def _train(cfg: Config, run_dir: Path, device, data, state: dict | None, progres
         t0 = time.perf_counter()
         lr = learning_rate(cfg, epoch)
         set_learning_rate(opt, lr)
-        order = torch.randperm(n, generator=seeded_generator(torch.device("cpu"), cfg.seed, epoch, 0)).to(device)
-        g_aug = seeded_generator(device, cfg.seed, epoch, 1, *([rank] if world > 1 else []))
+        order, g_aug = epoch_randomness(cfg, n, epoch, device)
         logs: dict[str, list] = {}
         for b in range(n_batches):
             idx = order[b * bs:(b + 1) * bs].chunk(world)[rank]  # this process's share, in rank order
-            x = train_x[idx].float().div_(255)
-            views = [to_memory_format(data.normalize(augment(x, g_aug)), channels_last)
-                     for _ in range(method.n_views)]
+            views = batch_views(data, augment, train_x[idx], g_aug, method.n_views, channels_last)
             step += 1
             loss, batch_logs = train_step(method, forward, opt, views, train_y[idx], idx, step / total)
             for k, v in batch_logs.items():  # kept as tensors: no host synchronisation per step
@@ -197,23 +195,12 @@ def _train(cfg: Config, run_dir: Path, device, data, state: dict | None, progres
                                 img_s=f"{(b + 1) * bs / (time.perf_counter() - t0):.0f}")
         epoch_time = time.perf_counter() - t0
         values = {k: dist.mean(torch.stack(v).float()).cpu().tolist() for k, v in logs.items()}
-        if not all(math.isfinite(v) for v in values["loss"]):
-            raise FloatingPointError(f"{run_dir.name}: the loss became non-finite in epoch {epoch + 1}; "
-                                     f"lower --lr (now {cfg.lr}); the run resumes from epoch {epoch}")
+        check_finite(values, cfg, run_dir, epoch)
         if not main:  # rank 0 evaluates and writes; the others wait for it
             dist.barrier()
             continue
-        record = {"kind": "epoch", "epoch": epoch + 1, "lr": lr, "epoch_s": epoch_time,
-                  "img_per_s": n_batches * bs / epoch_time,
-                  **{k if k == "loss" else f"train_{k}": float(np.mean(v)) for k, v in values.items()},
-                  **epoch_record(method, data, cfg, device)}
-        first = step - n_batches + 1
-        _write_metrics(metrics_path, "a", [{"kind": "step", "epoch": epoch + 1, "step": first + i, "lr": lr,
-                                             "loss": v} for i, v in enumerate(values["loss"])] + [record])
-        wall += time.perf_counter() - t0
-        save_atomic(ckpt_path, {"config": cfg.to_dict(), "epoch": epoch + 1, "step": step, "wall_s": wall,
-                                "model": method.state_dict(), "opt": opt.state_dict(),
-                                "metrics_bytes": metrics_path.stat().st_size})
+        record, wall = write_epoch(run_dir, cfg, method, opt.state_dict(), data, device, epoch + 1, step, lr,
+                                   values, epoch_time, wall, t0)
         if progress:
             bar.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}, kNN {record['knn']:.1f}%, "
                       f"z_std {record['z_std']:.3f} (1/sqrt(d) = {record['z_std_ref']:.3f})")
@@ -225,7 +212,51 @@ def _train(cfg: Config, run_dir: Path, device, data, state: dict | None, progres
         finish(method, data, cfg, device, run_dir, wall, prov)
 
 
-def _write_metrics(path: Path, mode: str, records: list[dict]) -> None:
+def epoch_randomness(cfg: Config, n: int, epoch: int, device) -> tuple[torch.Tensor, torch.Generator]:
+    """The epoch's image order (n,) and augmentation generator, from the run's seed alone (so that a
+    resumed run, and a run inside a grid, sees exactly the batches of an uninterrupted one)."""
+    world, rank = dist.world_size(), dist.rank()
+    order = torch.randperm(n, generator=seeded_generator(torch.device("cpu"), cfg.seed, epoch, 0)).to(device)
+    return order, seeded_generator(device, cfg.seed, epoch, 1, *([rank] if world > 1 else []))
+
+
+def batch_views(data, augment, x_uint8: torch.Tensor, g_aug, n_views: int, channels_last: bool) -> list[torch.Tensor]:
+    """``n_views`` augmented, normalised views (B, 3, H, W) of a batch of stored images (B, 3, h, w) uint8."""
+    x = x_uint8.float().div_(255)
+    return [to_memory_format(data.normalize(augment(x, g_aug)), channels_last) for _ in range(n_views)]
+
+
+def check_finite(values: dict[str, list], cfg: Config, run_dir: Path, epoch: int) -> None:
+    """Stop (one line, nothing of this epoch written) when the epoch's losses are not finite."""
+    if not all(math.isfinite(v) for v in values["loss"]):
+        raise FloatingPointError(f"{run_dir.name}: the loss became non-finite in epoch {epoch + 1}; "
+                                 f"lower --lr (now {cfg.lr}); the run resumes from epoch {epoch}")
+
+
+def write_epoch(run_dir: Path, cfg: Config, method, opt_state: dict, data, device, epoch: int, step: int,
+                lr: float, values: dict[str, list], epoch_s: float, wall: float, started: float,
+                **extra) -> tuple[dict, float]:
+    """After epoch ``epoch`` (1-based): measure it, append its step and epoch records to ``metrics.jsonl``,
+    then write the checkpoint atomically. ``values``: the epoch's per-step logs by name; ``wall``: the
+    run's seconds before this epoch, which started at ``time.perf_counter()`` = ``started``; ``extra``:
+    more fields of the epoch record. Returns the epoch record and the run's seconds so far."""
+    n_batches = len(values["loss"])
+    record = {"kind": "epoch", "epoch": epoch, "lr": lr, "epoch_s": epoch_s,
+              "img_per_s": n_batches * cfg.batch_size / epoch_s, **extra,
+              **{k if k == "loss" else f"train_{k}": float(np.mean(v)) for k, v in values.items()},
+              **epoch_record(method, data, cfg, device)}
+    metrics_path = run_dir / "metrics.jsonl"
+    first = step - n_batches + 1
+    write_metrics(metrics_path, "a", [{"kind": "step", "epoch": epoch, "step": first + i, "lr": lr, "loss": v}
+                                      for i, v in enumerate(values["loss"])] + [record])
+    wall += time.perf_counter() - started
+    save_atomic(run_dir / "checkpoint.pt", {"config": cfg.to_dict(), "epoch": epoch, "step": step, "wall_s": wall,
+                                            "model": method.state_dict(), "opt": opt_state,
+                                            "metrics_bytes": metrics_path.stat().st_size})
+    return record, wall
+
+
+def write_metrics(path: Path, mode: str, records: list[dict]) -> None:
     """Records into ``metrics.jsonl`` (``mode`` "w" for a new run, "a" after an epoch), one JSON line each.
     A failed write is one line; what was written before the last checkpoint stays valid."""
     try:

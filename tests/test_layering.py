@@ -10,10 +10,10 @@ SSLNB = Path(__file__).resolve().parent.parent / "sslnb"
 
 FLOORS = {
     1: ["config", "data", "augment", "norm", "losses", "memory_bank", "tsne", "published", "site_ext"],
-    2: ["models", "optim", "dist", "rundir"],
+    2: ["models", "optim", "dist", "rundir", "grouped"],
     3: ["methods", "methods.base", "methods.byol", "methods.simclr", "methods.insdis", "methods.supervised"],
     4: ["evaluate"],
-    5: ["train"],
+    5: ["train", "grid"],
     6: ["runs"],
     7: ["experiments", "book", "plots"],
     8: ["schedule", "widgets"],

@@ -9,17 +9,37 @@ from torch import nn
 class Method(nn.Module):
     """A self-supervised method (or the supervised reference) as the trainer and the evaluation see it.
 
-    Subclasses set ``n_views`` and ``forwards`` and define ``forward`` and ``embed``; the rest has
-    defaults that do nothing method-specific.
+    Subclasses set ``n_views`` and ``forwards`` and define ``outputs``, ``objective`` and ``embed``; the
+    rest has defaults that do nothing method-specific. A step is ``objective(outputs(views), y, idx)``:
+    ``outputs`` holds every network call and returns (B, features) tensors (or lists of them), and
+    ``objective`` turns them into the loss with no network call, so that a grid of runs
+    (:mod:`sslnb.grid`) can run ``outputs`` once on its batched network and ``objective`` per run.
     """
 
     n_views: int = 1  # augmented views of each image that ``forward`` takes
     forwards: int = 1  # network passes per image per step (a rough relative cost, for scheduling)
+    # What ``after_step`` changes: "network" (the network's own parameters, e.g. BYOL's EMA target: a grid
+    # runs it once on its batched network) or "run" (state outside the network, e.g. the InsDis memory
+    # bank: a grid runs it on each run).
+    after_step_on: str = "network"
 
     @classmethod
     def build(cls, cfg, num_classes: int, num_train: int) -> "Method":
         """The method for ``cfg`` on a dataset of ``num_classes`` classes and ``num_train`` images."""
         return cls(cfg)
+
+    def forward(self, views: list[torch.Tensor], y: torch.Tensor | None = None, idx: torch.Tensor | None = None):
+        """One step's loss: views (B, 3, H, W) each, labels y (B,), dataset indices idx (B,) ->
+        ``(loss, logs)``, logs being 0-d tensors by name."""
+        return self.objective(self.outputs(views), y, idx)
+
+    def outputs(self, views: list[torch.Tensor]) -> dict:
+        """Every network call of a step: a dict of (B, features) tensors or lists of them."""
+        raise NotImplementedError
+
+    def objective(self, out: dict, y=None, idx=None) -> tuple[torch.Tensor, dict]:
+        """The loss and logs from ``outputs``' dict, with no network call."""
+        raise NotImplementedError
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 3, H, W) -> h (B, D) last-conv feature, z (B, d) the head's output ("FC")."""

@@ -83,15 +83,20 @@ class BYOL(Method):
             return list(net(torch.cat(views))[1].chunk(len(views)))
         return [net(v)[1] for v in views]  # each view its own BN batch, as the seed's two forwards
 
-    def forward(self, views, y=None, idx=None):
+    def outputs(self, views) -> dict:
+        """The network part of a step: online predictions ``p`` and target projections ``z`` of each
+        view, and the online projections ``z_online`` (lists of (B, proj_dim) tensors)."""
         z_online = self._forward_views(self.online, views)
-        p1, p2 = (self.predictor(z) for z in z_online)
         with torch.no_grad():  # stop-gradient: the target only provides regression targets
-            z1, z2 = self._forward_views(self.target, views)
+            z_target = self._forward_views(self.target, views)
+        return {"p": [self.predictor(z) for z in z_online], "z": z_target, "z_online": z_online}
+
+    def objective(self, out: dict, y=None, idx=None):
+        (p1, p2), (z1, z2) = out["p"], out["z"]
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
         # Collapse diagnostic on the training batch: per-dimension std of the normalised projection
         # (1/sqrt(d) for well-spread features, 0 for collapsed ones).
-        z_std = F.normalize(z_online[0].detach(), dim=1).std(dim=0).mean()
+        z_std = F.normalize(out["z_online"][0].detach(), dim=1).std(dim=0).mean()
         return loss, {"loss": loss.detach(), "z_std": z_std}
 
     def ema_momentum(self, progress: float) -> float:

@@ -30,6 +30,7 @@ def head(cfg: Config, in_dim: int) -> nn.Module:
 
 class InsDis(Method):
     n_views = 1
+    after_step_on = "run"  # the memory bank
 
     @classmethod
     def build(cls, cfg: Config, num_classes: int, num_train: int) -> "InsDis":
@@ -59,8 +60,12 @@ class InsDis(Method):
         """The seed's monitor: test features against the memory bank (``knn_bank`` in the records)."""
         return {"knn_bank": self.bank.vectors}
 
-    def forward(self, views, y=None, idx=None):
-        f = self.encoder(views[0])[1]
+    def outputs(self, views) -> dict:
+        """The network part of a step: the features ``f`` (B, 128) of the one view."""
+        return {"f": self.encoder(views[0])[1]}
+
+    def objective(self, out: dict, y=None, idx=None):
+        f = out["f"]
         bank = self.bank.vectors
         if self.cfg.insdis_loss == "nce":
             neg = torch.randint(len(bank), (len(f), self.cfg.nce_k), device=f.device)

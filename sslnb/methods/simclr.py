@@ -37,8 +37,12 @@ class SimCLR(Method):
     def embed(self, x: torch.Tensor):
         return self.encoder(x)
 
-    def forward(self, views, y=None, idx=None):
-        z1, z2 = (self.encoder(v)[1] for v in views)
+    def outputs(self, views) -> dict:
+        """The network part of a step: the projections ``z`` (B, 128) of the two views."""
+        return {"z": [self.encoder(v)[1] for v in views]}
+
+    def objective(self, out: dict, y=None, idx=None):
+        z1, z2 = out["z"]
         loss_fn = nt_xent_seed if self.cfg.simclr_loss == "seed" else nt_xent
         if self.cfg.simclr_gather == "global":  # negatives from every process, gradients sent back
             loss = loss_fn(z1, z2, self.cfg.temperature, dist.gather_with_grad(z1), dist.gather_with_grad(z2),

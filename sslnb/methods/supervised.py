@@ -39,7 +39,11 @@ class Supervised(Method):
     def predict(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(h)
 
-    def forward(self, views, y, idx=None):
-        logits = self.classifier(self._backbone(views[0]))
+    def outputs(self, views) -> dict:
+        """The network part of a step: class ``logits`` (B, classes) of the one view."""
+        return {"logits": self.classifier(self._backbone(views[0]))}
+
+    def objective(self, out: dict, y, idx=None):
+        logits = out["logits"]
         loss = cross_entropy(logits, y)
         return loss, {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}

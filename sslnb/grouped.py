@@ -1,0 +1,245 @@
+"""G networks of one architecture as one network of G groups (the batched network of :mod:`sslnb.grid`).
+
+Built from G ordinary modules whose module trees have the same paths (the runs of a grid), leaf by leaf:
+
+- ``Conv2d`` -> one convolution with G times the channels and ``groups=G`` (member g owns output
+  channels ``g*C:(g+1)*C``). A convolution of the image itself (3 input channels) takes the images once
+  when every member sees the same batch (``shared_input``: an ordinary convolution to G*C channels) and
+  the members' images side by side on the channel axis otherwise (B, G*3, H, W).
+- ``BatchNorm`` -> one BatchNorm over G*C channels: BatchNorm is per channel, so each member keeps its
+  own statistics (ghost chunks split the batch, as before). Where some members have no BatchNorm at
+  that place (a BYOL BN code with a 0), :class:`SwitchedBatchNorm` passes their channels through
+  unchanged and pins their unused scale and shift at 1 and 0.
+- ``Linear`` -> :class:`GroupedLinear`, G matrix products in one (B, G*in) -> (B, G*out).
+
+Every activation is (B, G*features), member-major, so containers (``Sequential``, the ResNet, the heads)
+run their own ``forward`` unchanged. Every batched tensor is the members' tensors stacked:
+``tensor.reshape(G, *member_shape)[g]`` is member g's, which :meth:`GroupedNetwork.to_members` and
+:meth:`GroupedNetwork.from_members` copy both ways (parameters, buffers and optimiser momenta).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .norm import GhostBatchNorm, GhostBatchNorm1d, GhostBatchNorm2d
+
+IMAGE_CHANNELS = 3
+
+
+class GroupedLinear(nn.Module):
+    """G independent ``Linear(in_features, out_features)``. x (B, G*in) -> (B, G*out)."""
+
+    def __init__(self, groups: int, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.groups, self.in_features, self.out_features = groups, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(groups, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(groups, out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        x = x.reshape(b, self.groups, self.in_features).transpose(0, 1)  # (G, B, in)
+        if self.bias is None:
+            y = torch.bmm(x, self.weight.transpose(1, 2))
+        else:
+            y = torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        return y.transpose(0, 1).reshape(b, self.groups * self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class _Switched:
+    """A grouped BatchNorm that only some members have: the others' channels pass through unchanged.
+    ``present`` (G,) says which members have it. Same parameter names as the BatchNorm it extends."""
+
+    def set_present(self, present: list[bool]) -> None:
+        self.register_buffer("present", torch.tensor(present), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = len(self.present)
+        keep = self.present.repeat_interleave(x.shape[1] // g).view(1, -1, *([1] * (x.dim() - 2)))
+        return torch.where(keep, super().forward(x), x)
+
+    @torch.no_grad()
+    def pin_absent(self) -> None:
+        """Hold the absent members' scale at 1 and shift at 0 (weight decay would move them): an EMA
+        target that copies them by name then stays exactly where the member's own run keeps it."""
+        if self.affine:
+            absent = ~self.present
+            self.weight.view(len(absent), -1)[absent] = 1.0
+            self.bias.view(len(absent), -1)[absent] = 0.0
+
+
+class SwitchedBatchNorm1d(_Switched, GhostBatchNorm1d):
+    """:class:`~sslnb.norm.GhostBatchNorm1d` over G*C features, applied to the members in ``present``."""
+
+
+class SwitchedBatchNorm2d(_Switched, GhostBatchNorm2d):
+    """:class:`~sslnb.norm.GhostBatchNorm2d` over G*C channels, applied to the members in ``present``."""
+
+
+def _grouped_leaf(mods: list[nn.Module], shared_input: bool) -> nn.Module | None:
+    """The batched module for the members' modules ``mods`` at one path, or None for a container."""
+    g, first = len(mods), mods[0]
+    if isinstance(first, nn.Conv2d):
+        c = first
+        image = c.in_channels == IMAGE_CHANNELS and c.groups == 1
+        shared = image and shared_input
+        conv = nn.Conv2d(c.in_channels * (1 if shared else g), c.out_channels * g, c.kernel_size, c.stride,
+                         c.padding, c.dilation, groups=c.groups * (1 if shared else g), bias=c.bias is not None)
+        return conv.requires_grad_(c.weight.requires_grad)
+    if isinstance(first, nn.Linear):
+        lin = GroupedLinear(g, first.in_features, first.out_features, first.bias is not None)
+        return lin.requires_grad_(first.weight.requires_grad)
+    bns = [m for m in mods if isinstance(m, GhostBatchNorm)]
+    if bns:
+        like = bns[0]
+        if not all(isinstance(m, (GhostBatchNorm, nn.Identity)) for m in mods):
+            raise ValueError(f"cannot batch {type(like).__name__} with {[type(m).__name__ for m in mods]}")
+        present = [isinstance(m, GhostBatchNorm) for m in mods]
+        two_d = isinstance(like, GhostBatchNorm2d)
+        if all(present):
+            kind = GhostBatchNorm2d if two_d else GhostBatchNorm1d
+        else:
+            kind = SwitchedBatchNorm2d if two_d else SwitchedBatchNorm1d
+        bn = kind(like.num_features * g, like.groups, affine=like.affine, eps=like.eps, momentum=like.momentum)
+        if not all(present):
+            bn.set_present(present)
+        return bn.requires_grad_(like.weight.requires_grad if like.affine else False)
+    if isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        raise ValueError("plain BatchNorm layers are not batched; build networks from sslnb.norm")
+    return None
+
+
+class GroupedNetwork:
+    """The batched network of ``members`` (G modules with the same module paths), and the copies
+    between it and the members.
+
+    ``network`` is a deep copy of the first member with every Conv2d, Linear and BatchNorm replaced by
+    its batched form (see the module docstring); modules of other kinds (an InsDis memory bank, say)
+    stay the first member's copy, unused by the batched step, and the members keep their own.
+    """
+
+    def __init__(self, members: list[nn.Module], shared_input: bool):
+        self.members, self.groups = list(members), len(members)
+        self.network = copy.deepcopy(members[0])
+        self.batched: set[str] = set()  # names of batched parameters and buffers
+        self.switched: list[_Switched] = []
+        paths = [dict(m.named_modules()) for m in members]
+        for path, _ in list(self.network.named_modules()):
+            mods = [p.get(path) for p in paths]
+            if any(m is None for m in mods):
+                raise ValueError(f"the runs' networks differ at {path!r}; they cannot be batched")
+            leaf = _grouped_leaf(mods, shared_input) if path else None
+            if leaf is None:
+                continue
+            parent, _, name = path.rpartition(".")
+            setattr(self.network.get_submodule(parent) if parent else self.network, name, leaf)
+            if isinstance(leaf, _Switched):
+                self.switched.append(leaf)
+            self.batched.update(f"{path}.{n}" for n, _ in leaf.named_parameters())
+            self.batched.update(f"{path}.{n}" for n, _ in leaf.named_buffers()
+                                if not n.endswith(("num_batches_tracked", "present")))
+        self.from_members()
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        named = dict(self.network.named_parameters())
+        named.update(self.network.named_buffers())
+        return named
+
+    @torch.no_grad()
+    def from_members(self) -> None:
+        """Copy the members' parameters and buffers into the batched network (a member without a
+        BatchNorm contributes that BatchNorm's initial state)."""
+        states = [m.state_dict() for m in self.members]
+        for name, t in self._tensors().items():
+            member_name = name
+            if name in self.batched:
+                parts = [s.get(member_name) for s in states]
+                like = next(p for p in parts if p is not None)
+                parts = [p if p is not None else _initial_bn_value(name, like) for p in parts]
+                t.copy_(torch.stack(parts).reshape(t.shape))
+            elif name.endswith("num_batches_tracked"):
+                counts = [s[member_name] for s in states if member_name in s]
+                if counts:
+                    t.copy_(counts[0])
+        self.pin()
+
+    @torch.no_grad()
+    def to_members(self) -> None:
+        """Copy the batched network's parameters and buffers back into the members."""
+        tensors = self._tensors()
+        for g, member in enumerate(self.members):
+            own = dict(member.named_parameters())
+            own.update(member.named_buffers())
+            for name, t in tensors.items():
+                target = own.get(name)
+                if target is None:
+                    continue
+                if name in self.batched:
+                    target.copy_(t.reshape(self.groups, *target.shape)[g])
+                elif name.endswith("num_batches_tracked"):
+                    target.copy_(t)
+
+    def pin(self) -> None:
+        for sw in self.switched:
+            sw.pin_absent()
+
+    # -- optimiser state (momentum buffers, in the members' optimisers' own format)
+    def optimizer_state_to_member(self, opt: torch.optim.Optimizer, g: int, member_opt: torch.optim.Optimizer) -> dict:
+        """The state dict of member g's own optimiser ``member_opt`` (over the member's trainable
+        parameters, as its single run builds it), with the batched optimiser ``opt``'s state sliced."""
+        by_name = {id(p): n for n, p in self.network.named_parameters()}
+        batched_state = {by_name[id(p)]: s for p, s in opt.state.items()}
+        member_names = {id(p): n for n, p in self.members[g].named_parameters()}
+        state = member_opt.state_dict()
+        for group, batched_group in zip(state["param_groups"], opt.param_groups):  # the current lr, ...
+            group.update({k: v for k, v in batched_group.items() if k != "params"})
+        params = [p for group in member_opt.param_groups for p in group["params"]]
+        for i, p in enumerate(params):
+            s = batched_state.get(member_names[id(p)])
+            if s is None:
+                continue
+            state["state"][i] = {k: (v.reshape(self.groups, *p.shape)[g].clone() if torch.is_tensor(v) and v.dim() else v)
+                                 for k, v in s.items()}
+        return state
+
+    @torch.no_grad()
+    def optimizer_state_from_members(self, opt: torch.optim.Optimizer, member_states: list[dict],
+                                     member_opts: list[torch.optim.Optimizer]) -> None:
+        """Fill the batched optimiser's state from the members' optimiser state dicts (on resume)."""
+        per_name: list[dict] = []
+        for member, st, mopt in zip(self.members, member_states, member_opts):
+            names = {id(p): n for n, p in member.named_parameters()}
+            params = [p for group in mopt.param_groups for p in group["params"]]
+            per_name.append({names[id(p)]: st["state"].get(i, st["state"].get(str(i))) for i, p in enumerate(params)})
+        for name, p in self.network.named_parameters():
+            if not p.requires_grad:
+                continue
+            entries = [d.get(name) for d in per_name]
+            if all(e is None for e in entries):
+                continue
+            like = next(e for e in entries if e is not None)
+            state = {}
+            for k, v in like.items():
+                if torch.is_tensor(v) and v.dim():
+                    parts = [e[k] if e is not None else torch.zeros_like(v) for e in entries]
+                    state[k] = torch.stack(parts).reshape(p.shape).to(p.device).contiguous(memory_format=_format(p))
+                else:
+                    state[k] = v
+            opt.state[p] = state
+
+
+def _format(t: torch.Tensor):
+    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+        and not t.is_contiguous() else torch.contiguous_format
+
+
+def _initial_bn_value(name: str, like: torch.Tensor) -> torch.Tensor:
+    """A BatchNorm tensor's initial value (weight 1, bias 0, running mean 0, running variance 1)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return torch.ones_like(like) if leaf in ("weight", "running_var") else torch.zeros_like(like)

@@ -1,0 +1,192 @@
+"""A grid of runs trained as one batched network (sslnb.grid) is the same G runs trained alone.
+
+The step-level tests run in float64, where the batched step must equal the separate steps to ~1e-12
+after several steps: in float32 two orders of summation differ by ~1e-7 and these tiny smoke networks
+amplify that to 1e-3 within a few steps (the same run trained with 1 and with 2 threads drifts apart
+just as much), so float32 is compared over the first steps only.
+"""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from sslnb import dist
+from sslnb.config import Config, ConfigError
+from sslnb.grid import grid_step, plan, split_outputs, train_grid
+from sslnb.grouped import GroupedNetwork
+from sslnb.methods import build_method
+from sslnb.optim import build_optimizer
+from sslnb.runs import launch, load_run
+from sslnb.train import train, train_step
+
+TIMING = {"epoch_s", "img_per_s", "grid_size"}
+
+
+def members(cfgs):
+    out = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)
+        out.append(dist.configure_batchnorm(build_method(c, 10, 256), c.dist_bn, c.bn_groups))
+    return out
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+CASES = {
+    # the BN study: codes with and without each BatchNorm in one grid, one shared batch
+    "byol-bn-codes": [Config.from_preset("smoke", "byol", bn_code=c) for c in ("111", "011", "110", "000")],
+    "byol-seeds": [Config.from_preset("smoke", "byol", seed=s, view_bn="joint") for s in (0, 1)],
+    # each run its own images (different seeds) and its own temperature
+    "simclr-seeds-temperatures": [Config.from_preset("smoke", "simclr", seed=s, temperature=t)
+                                  for s, t in ((0, 0.5), (1, 0.2), (2, 0.5))],
+    "insdis-seeds": [Config.from_preset("smoke", "insdis", seed=s) for s in (0, 1)],
+    "supervised-seeds": [Config.from_preset("smoke", "supervised", seed=s) for s in (0, 1)],
+}
+
+
+@pytest.fixture
+def float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def run_steps(cfgs, steps: int, dtype=torch.float64):
+    """``steps`` optimiser steps of the grid and of the runs alone on the same random batches; returns
+    per step the largest loss and gradient differences, and at the end the largest state difference."""
+    batched = members(cfgs)
+    alone = [copy.deepcopy(m) for m in batched]
+    shared = len({c.seed for c in cfgs}) == 1
+    grouped = GroupedNetwork(batched, shared_input=shared)
+    opt = build_optimizer(cfgs[0], grouped.network.trainable_parameters())
+    opts = [build_optimizer(c, m.trainable_parameters()) for c, m in zip(cfgs, alone)]
+    gen = torch.Generator().manual_seed(7)
+    n_views, G = batched[0].n_views, len(cfgs)
+    report = []
+    for step in range(steps):
+        views = [[torch.randn(64, 3, 16, 16, generator=gen, dtype=dtype) for _ in range(n_views)]
+                 for _ in range(1 if shared else G)]
+        ys = [torch.randint(10, (64,), generator=gen) for _ in range(G)]
+        idxs = [torch.randperm(256, generator=gen)[:64] for _ in range(G)]
+        inputs = views[0] if shared else [torch.cat([v[i] for v in views], dim=1) for i in range(n_views)]
+        logs = grid_step(grouped, batched, opt, inputs, ys, idxs, (step + 1) / steps)
+        grads = {n: p.grad for n, p in grouped.network.named_parameters() if p.grad is not None}
+        losses, grad_diff = [], 0.0
+        for g, (m, o) in enumerate(zip(alone, opts)):
+            loss, _ = train_step(m, m, o, views[0 if shared else g], ys[g], idxs[g], (step + 1) / steps)
+            losses.append(loss.item())
+            for n, p in m.named_parameters():
+                if p.grad is not None:
+                    grad_diff = max(grad_diff, max_diff(grads[n].reshape(G, *p.shape)[g], p.grad))
+        loss_diff = max(abs(lg["loss"].item() - l) for lg, l in zip(logs, losses))
+        report.append((loss_diff, grad_diff, losses))
+    grouped.to_members()
+    state_diff = max(max_diff(a.state_dict()[k], v) for a, b in zip(batched, alone) for k, v in b.state_dict().items())
+    return report, state_diff
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_grid_step_is_the_separate_steps_exactly_in_float64(case, float64):
+    report, state_diff = run_steps(CASES[case], steps=4)
+    for loss_diff, grad_diff, losses in report:
+        assert loss_diff < 1e-10 and grad_diff < 1e-9, (loss_diff, grad_diff)
+        assert len(set(round(x, 6) for x in losses)) == len(losses), "the runs should differ from each other"
+    assert state_diff < 1e-9  # parameters, BN statistics, EMA targets after 4 steps
+
+
+def test_a_grid_step_is_the_separate_steps_in_float32():
+    report, _ = run_steps(CASES["byol-bn-codes"], steps=2, dtype=torch.float32)
+    assert report[0][0] < 1e-5 and report[0][1] < 1e-4
+
+
+def test_each_run_reads_its_own_part_of_the_batched_outputs(float64):
+    """The per-run comparison can fail: run 0 put second in a grid finds its loss in part 1, not 0."""
+    cfgs = CASES["byol-bn-codes"][:2]
+    first, second = members(cfgs)
+    alone = copy.deepcopy(first)
+    grouped = GroupedNetwork([second, first], shared_input=True)
+    views = [torch.randn(64, 3, 16, 16) for _ in range(2)]
+    out = grouped.network.outputs(views)
+    own = alone.objective(alone.outputs(views))[0].item()
+    assert abs(first.objective(split_outputs(out, 2, 1))[0].item() - own) < 1e-10
+    assert abs(first.objective(split_outputs(out, 2, 0))[0].item() - own) > 1e-6
+
+
+def small(method="byol", **kw):
+    return Config.from_preset("smoke", method, train_size=128, **kw)  # two steps an epoch
+
+
+def records(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_launch_trains_a_grid_into_the_run_directories_of_separate_runs(tmp_path):
+    cfgs = [small(bn_code=c) for c in ("111", "011")] + [small("simclr", seed=s) for s in (0, 1)]
+    grid_runs = launch(cfgs, tmp_path / "grid", progress=False)
+    alone_runs = launch(cfgs, tmp_path / "alone", progress=False, grid=False)
+    for g, a in zip(grid_runs, alone_runs):
+        assert g.name == a.name and g.done and a.done
+        assert g.provenance["grid"]["size"] == 2 and "grid" not in a.provenance
+        assert sorted(p.name for p in g.path.iterdir()) == sorted(p.name for p in a.path.iterdir())
+        rg, ra = records(g.path), records(a.path)
+        assert [sorted(r) for r in rg] == [sorted(r) for r in ra]  # the same records, field for field
+        steps_g = [r["loss"] for r in rg if r["kind"] == "step"]
+        steps_a = [r["loss"] for r in ra if r["kind"] == "step"]
+        assert abs(steps_g[0] - steps_a[0]) < 1e-5  # float32: the first step (see the module docstring)
+        assert rg[0] == ra[0]  # the untrained network's record
+        cg = torch.load(g.path / "checkpoint.pt", weights_only=True)
+        ca = torch.load(a.path / "checkpoint.pt", weights_only=True)
+        assert cg.keys() == ca.keys() and cg["model"].keys() == ca["model"].keys()
+        assert all(cg["model"][k].shape == v.shape for k, v in ca["model"].items())
+        assert cg["opt"]["param_groups"] == ca["opt"]["param_groups"]
+        assert cg["opt"]["state"].keys() == ca["opt"]["state"].keys()
+        assert sorted(g.result) == sorted(a.result)
+
+
+def test_an_interrupted_grid_resumes_to_the_same_runs_and_a_run_of_it_resumes_alone(tmp_path):
+    cfgs = [small(bn_code=c, epochs=2) for c in ("111", "011")]
+    whole = [tmp_path / "whole" / c.bn_code for c in cfgs]
+    train_grid(cfgs, whole, progress=False)
+
+    def stop(epoch):
+        raise KeyboardInterrupt
+
+    cut = [tmp_path / "cut" / c.bn_code for c in cfgs]
+    with pytest.raises(KeyboardInterrupt):
+        train_grid(cfgs, cut, progress=False, on_epoch_end=stop)
+    assert all((p / "checkpoint.pt").exists() and not (p / "result.json").exists() for p in cut)
+    alone = tmp_path / "alone"
+    import shutil
+    shutil.copytree(cut[1], alone)
+    train_grid(cfgs, cut, progress=False)
+    for a, b in zip(whole, cut):
+        assert records(a) == records(b)
+        assert load_run(b).provenance["resumed_at_epoch"] == 1
+    train(cfgs[1], alone, progress=False)  # the same checkpoint, resumed by the ordinary trainer
+    assert load_run(alone).done
+    assert records(alone)[:4] == records(cut[1])[:4]  # epoch 0, the grid's two steps and epoch 1
+
+
+def test_plan_puts_together_only_runs_that_differ_in_seed_bn_code_or_temperature(tmp_path):
+    codes = ["111", "011", "101", "110", "001", "010", "100", "000"]
+    pairs = [(Config.from_preset("cpu", "byol", bn_code=c), tmp_path / c) for c in codes]
+    pairs += [(Config.from_preset("cpu", "byol", lr=0.05), tmp_path / "lr")]  # another lr: alone
+    pairs += [(Config.from_preset("cpu", "simclr", seed=s), tmp_path / f"s{s}") for s in (0, 1)]
+    pairs += [(Config.from_preset("cpu", "insdis", insdis_loss="nce", seed=s), tmp_path / f"n{s}") for s in (0, 1)]
+    grids, alone = plan(pairs, parts=2)
+    assert [len(g) for g in grids] == [4, 4, 2]
+    assert [p.name for _, p in alone] == ["lr", "n0", "n1"]
+    grids, alone = plan(pairs, max_size=3)
+    assert [len(g) for g in grids] == [3, 2, 3, 2]
+
+
+def test_a_grid_of_runs_that_differ_elsewhere_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="cannot train as one grid") as e:
+        train_grid([small(), small(lr=0.01)], [tmp_path / "a", tmp_path / "b"], progress=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
