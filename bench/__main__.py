@@ -15,7 +15,10 @@ Tables (each can be chosen with ``--only``):
   feature vectors of 512 dimensions (an untrained ResNet-18's last-conv features of augmented digits),
   time and trustworthiness (scikit-learn's, 5 neighbours) side by side;
 - ``ddp``: one epoch of the cpu preset trained by one process against the same epoch by N processes
-  under torchrun (N = the cores on a CPU, one thread each; N = the GPUs on a GPU box).
+  under torchrun (N = the cores on a CPU, one thread each; N = the GPUs on a GPU box);
+- ``grid``: the book's study grids trained as one batched network (``sslnb.grid``) against separate
+  runs two at a time, per step and end to end (``bench/grid.py`` says how);
+- ``compile`` (only when asked: minutes of compiling): ``torch.compile`` of a step, alone and in a grid.
 
 No test asserts any of these times; they are measurements for people. ``python bench/byol_screen.py`` is
 a separate script: it trains BYOL variants at a preset and prints their kNN accuracy beside the
@@ -378,6 +381,24 @@ def bench_ddp(device, quick: bool) -> None:
     table(rows, f"One epoch of the cpu preset (batch 64, digits): one process against {n} under torchrun")
 
 
+def bench_grid(quick: bool, epochs: int) -> None:
+    from bench.grid import bench_grid_steps, bench_grid_wall
+
+    cpu = torch.device("cpu")
+    peak = matmul_peak(cpu)
+    table(bench_grid_steps(quick, peak, step_flops),
+          f"Grids of runs, one training step of each run (BYOL, cpu preset; {device_label(cpu)}; fp32 matmul peak "
+          f"measured now: {peak / 1e9:,.0f} GFLOP/s)")
+    table(bench_grid_wall(epochs), f"The BN study's 8 runs end to end, grids against separate runs ({device_label(cpu)})")
+
+
+def bench_compile(quick: bool) -> None:
+    from bench.grid import bench_compile as rows
+
+    table(rows(quick), f"torch.compile of the step's network calls, alone and in a grid of 4 "
+                       f"({device_label(torch.device('cpu'))})")
+
+
 def device_label(device: torch.device) -> str:
     from sslnb.rundir import device_name
 
@@ -387,7 +408,8 @@ def device_label(device: torch.device) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
-    p.add_argument("--only", default="throughput,bare,augment,budget,tsne,ddp")
+    p.add_argument("--only", default="throughput,bare,augment,budget,tsne,ddp,grid")
+    p.add_argument("--grid-epochs", type=int, default=2, help="epochs of the BN study's end-to-end grid timing")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller CPU batches")
     p.add_argument("--run-root", default=str(ROOT / "runs"))
     args = p.parse_args(argv)
@@ -408,6 +430,10 @@ def main(argv=None) -> int:
         bench_tsne(args.quick)
     if "ddp" in only:
         bench_ddp(device, args.quick)
+    if "grid" in only:
+        bench_grid(args.quick, args.grid_epochs)
+    if "compile" in only:  # not in the default list: compiling takes minutes on two cores
+        bench_compile(args.quick)
     return 0
 
 

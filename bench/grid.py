@@ -1,0 +1,189 @@
+"""``python -m bench --only grid``: grids of runs trained as one batched network (``sslnb.grid``) against
+the same runs trained separately, two at a time (the book's way before grids).
+
+Two tables:
+
+- **steps**: training steps of the book's study grids at the cpu preset (BYOL: the BatchNorm study's
+  eight codes; the variance study's three seeds; two seeds at batch 128), each arranged three ways on
+  this machine's cores: separate runs in two processes of one thread each; one grid in one process with
+  every thread; two half-grids in two processes of one thread each. Milliseconds per run-step (the
+  wall time for every run to take one step, divided by the number of runs), the speed-up over
+  separate runs, and the achieved FLOP/s against a matrix-product peak measured in the same run.
+- **wall**: the BatchNorm study's eight runs trained end to end (with their measurements after every
+  epoch) by ``sslnb.runs.launch`` with two jobs, grids on and off, at ``--grid-epochs`` epochs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sslnb import dist
+from sslnb.config import Config
+from sslnb.experiments import BN_CODES, bn_chapter, variance_chapter
+from sslnb.grid import grid_step
+from sslnb.grouped import GroupedNetwork
+from sslnb.methods import build_method
+from sslnb.optim import build_optimizer
+from sslnb.train import to_memory_format, train_step, use_channels_last
+
+
+def study_grids() -> list[tuple[str, list[Config]]]:
+    bn = bn_chapter("cpu")
+    variance = variance_chapter("cpu")
+    base = variance["seed=0"]
+    return [("BN study: 8 codes, one seed", [bn[c] for c in BN_CODES]),
+            ("variance: 3 seeds", list(variance.values())),
+            ("batch 128: 2 seeds", [base.replace(batch_size=128, lr=base.lr * 2, seed=s) for s in (0, 1)])]
+
+
+def _members(cfgs: list[Config]):
+    out = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)
+        out.append(dist.configure_batchnorm(build_method(c, 10, 3000), c.dist_bn, c.bn_groups))
+    return out
+
+
+def _steps(cfgs: list[Config], grid: bool):
+    """A function doing one step of every run in ``cfgs`` (random views, as the throughput table)."""
+    cfg, gen = cfgs[0], torch.Generator().manual_seed(0)
+    n_views = 2 if cfg.method in ("byol", "simclr") else 1
+    shape = (cfg.batch_size, 3, cfg.image_size, cfg.image_size)
+    seeds = sorted({c.seed for c in cfgs})
+    views = {s: [torch.randn(*shape, generator=gen) for _ in range(n_views)] for s in seeds}
+    idx = torch.arange(cfg.batch_size)
+    members = _members(cfgs)
+    if not grid:
+        cl = use_channels_last(cfg, torch.device("cpu"))
+        steps = []
+        for m, c in zip(members, cfgs):
+            m = m.to(memory_format=torch.channels_last) if cl else m
+            opt = build_optimizer(c, m.trainable_parameters())
+            v = [to_memory_format(x, cl) for x in views[c.seed]]
+            steps.append(lambda m=m, opt=opt, v=v: train_step(m, m, opt, v, None, idx, 0.5))
+        return lambda: [s() for s in steps]
+    grouped = GroupedNetwork(members, shared_input=len(seeds) == 1)
+    cl = use_channels_last(cfg, torch.device("cpu"), groups=len(cfgs))
+    if cl:
+        grouped.network.to(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg, grouped.network.trainable_parameters())
+    inputs = views[seeds[0]] if len(seeds) == 1 else \
+        [torch.cat([views[c.seed][i] for c in cfgs], dim=1) for i in range(n_views)]
+    inputs = [to_memory_format(x, cl) for x in inputs]
+    return lambda: grid_step(grouped, members, opt, inputs, [None] * len(cfgs), [idx] * len(cfgs), 0.5)
+
+
+def _worker(cfg_dicts, grid: bool, threads: int, steps: int, barrier, queue) -> None:
+    torch.set_num_threads(threads)
+    step = _steps([Config.from_dict(d) for d in cfg_dicts], grid)
+    for _ in range(2):
+        step()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    queue.put(time.perf_counter() - t0)
+
+
+def _concurrent(parts: list[list[Config]], grid: bool, threads: int, steps: int) -> float:
+    """Wall seconds for ``steps`` steps of each part, the parts in processes running at once."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(len(parts)), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=([c.to_dict() for c in part], grid, threads, steps, barrier, queue))
+             for part in parts]
+    for p in procs:
+        p.start()
+    times = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return max(times)
+
+
+def halves(cfgs: list[Config]) -> list[list[Config]]:
+    k = (len(cfgs) + 1) // 2
+    return [cfgs[:k], cfgs[k:]] if len(cfgs) > 1 else [cfgs]
+
+
+def bench_grid_steps(quick: bool, peak: float, step_flops) -> list[dict]:
+    steps = 4 if quick else 10
+    cores = torch.get_num_threads()
+    rows = []
+    for label, cfgs in study_grids():
+        members = _members(cfgs[:1])
+        m, c = members[0], cfgs[0]
+        opt = build_optimizer(c, m.trainable_parameters())
+        v = [torch.randn(c.batch_size, 3, c.image_size, c.image_size) for _ in range(2)]
+        flops = step_flops(m, m, opt, v, None, torch.arange(c.batch_size))
+        g = len(cfgs)
+        arrangements = [("separate runs, 2 processes x 1 thread", lambda: _concurrent(halves(cfgs), False, 1, steps)),
+                        (f"one grid of {g}, 1 process x {cores} threads", lambda: _concurrent([cfgs], True, cores, steps)),
+                        (f"two grids of {'+'.join(str(len(h)) for h in halves(cfgs))}, 2 processes x 1 thread",
+                         lambda: _concurrent(halves(cfgs), True, 1, steps) if g > 2 else None)]
+        base = None
+        for name, fn in arrangements:
+            wall = fn()
+            if wall is None:
+                continue
+            per_run_step = wall / (steps * g)
+            base = base or per_run_step
+            rows.append({"grid": label, "arrangement": name, "ms per run-step": 1000 * per_run_step,
+                         "speed-up": base / per_run_step, "GFLOP/s": flops / per_run_step / 1e9,
+                         "% of matmul peak": 100 * flops / per_run_step / peak})
+    return rows
+
+
+def bench_grid_wall(epochs: int) -> list[dict]:
+    from sslnb.runs import launch
+
+    bn = bn_chapter("cpu")
+    cfgs = [bn[c].replace(epochs=epochs, lr_milestones=(max(1, epochs - 1),)) for c in BN_CODES]
+    rows = []
+    for grid in (False, True):
+        root = Path(tempfile.mkdtemp(prefix="bench-grid-"))
+        t0 = time.perf_counter()
+        launch(cfgs, root, progress=False, jobs=2, grid=grid)
+        wall = time.perf_counter() - t0
+        shutil.rmtree(root, ignore_errors=True)
+        rows.append({"BN study, 8 runs": f"{epochs} epochs each", "how": "grids (2 jobs)" if grid else "separate (2 jobs)",
+                     "wall s": wall, "speed-up": rows[0]["wall s"] / wall if rows else 1.0})
+    return rows
+
+
+def bench_compile(quick: bool) -> list[dict]:
+    """``torch.compile`` (inductor) of the network calls of one step, alone and in a grid of 4, 1
+    process with every thread: compile time and ms per run-step against eager."""
+    steps = 3 if quick else 8
+    cfgs = [bn_chapter("cpu")[c] for c in BN_CODES[:4]]
+    rows = []
+    for grid_cfgs in ([cfgs[0]], cfgs):
+        g = len(grid_cfgs)
+        for compiled in (False, True):
+            members = _members(grid_cfgs)
+            grouped = GroupedNetwork(members, shared_input=True)
+            net = grouped.network
+            cl = use_channels_last(cfgs[0], torch.device("cpu"), groups=g)
+            if cl:
+                net.to(memory_format=torch.channels_last)
+            if compiled:
+                net.outputs = torch.compile(net.outputs)
+            opt = build_optimizer(cfgs[0], net.trainable_parameters())
+            views = [to_memory_format(torch.randn(64, 3, 16, 16), cl) for _ in range(2)]
+            idx = torch.arange(64)
+            step = lambda: grid_step(grouped, members, opt, views, [None] * g, [idx] * g, 0.5)  # noqa: E731
+            t0 = time.perf_counter()
+            step()
+            first = time.perf_counter() - t0
+            step()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            per = (time.perf_counter() - t0) / steps
+            rows.append({"runs": g, "torch.compile": "yes" if compiled else "no", "first step s": first,
+                         "ms per run-step": 1000 * per / g})
+    return rows
