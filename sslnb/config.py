@@ -34,7 +34,7 @@ VIEW_BN = ("separate", "joint")
 DIST_BN = ("groups", "local", "sync")
 SIMCLR_GATHER = ("global", "local")
 PROBES = ("seed", "none")
-PRESETS = ("smoke", "cpu", "paper")
+PRESETS = ("smoke", "cpu", "laptop", "paper")
 
 
 class ConfigError(ValueError):
@@ -223,6 +223,18 @@ _PRESET_VALUES: dict[str, dict[str, dict]] = {
         "byol": dict(ema=0.99),
         # SimCLR keeps the seed's temperature 0.5 and InsDis the seed's learning rate; NCE's K keeps the
         # paper's share of the data (4096 of 50,000).
+        "insdis": dict(lr=0.03, nce_k=256),
+        "supervised": dict(epochs=15, lr_milestones=(12,), probe="none"),
+    },
+    # Where BYOL learns on two cores (bench/byol_map.py, point fashion-10k-w8-40ep; the book's page "How much
+    # compute does BYOL need?"): the cpu preset's network and batch on 10,000 Fashion-MNIST training images
+    # for 40 epochs (6,280 steps), about 16 core-minutes per BYOL run with its measurements.
+    "laptop": {
+        "all": dict(
+            dataset="fashion", train_size=10000, width=8, image_size=16, epochs=40, batch_size=64, lr=0.1,
+            lr_milestones=(32, 38), bn_groups=2, augment="normal", download=True, knn_k=50,
+        ),
+        "byol": dict(ema=0.99),
         "insdis": dict(lr=0.03, nce_k=256),
         "supervised": dict(epochs=15, lr_milestones=(12,), probe="none"),
     },

@@ -19,7 +19,7 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 # How many test points the t-SNE pictures use per preset (the seed used all 10,000 CIFAR test images).
 # The chapters' figures and the explorers share these embeddings (one cache file per run and layer).
-TSNE_POINTS = {"smoke": 200, "cpu": 600, "paper": 10000}
+TSNE_POINTS = {"smoke": 200, "cpu": 600, "laptop": 1000, "paper": 10000}
 LAYER_NAMES = {"z": "FC (projection output)", "h": "last conv (pooled backbone)"}
 
 

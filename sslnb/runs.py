@@ -171,7 +171,7 @@ def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: 
     paths = [Path(run_root) / run_name(cfg) for cfg in configs]
     missing = missing_runs(configs, run_root)
     grids, alone = plan(missing, parts=jobs) if use_grids(grid) else ([], missing)
-    if jobs > 1 and len(grids) + len(alone) > 1:
+    if jobs > 1 and missing:
         train_concurrently([*grids, *alone], [None] * jobs, progress=progress, threads=1)
     else:
         for i, members in enumerate([*grids, *alone]):
@@ -188,14 +188,22 @@ def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: 
     runs = [load_run(path) for path in paths]
     failed = [run for run in runs if not run.done]
     if failed:
-        log = failed[0].path / "train.log"
-        lines = log.read_text().strip().splitlines() if log.exists() else []
-        reason = lines[-1] if lines else "no log"
-        raise LaunchError(f"{len(failed)} run(s) did not finish; {failed[0].name}: {reason}")
+        raise LaunchError(f"{len(failed)} run(s) did not finish; {failed[0].name}: {_last_log_line(failed[0].path)}")
     return runs
 
 
+def _last_log_line(path: Path) -> str:
+    """The last line of a run's ``train.log`` (following a grid run's pointer to its grid's log)."""
+    log = path / "train.log"
+    lines = log.read_text().strip().splitlines() if log.exists() else []
+    if lines and lines[-1].startswith(GRID_LOG_NOTE):
+        grid_log = Path(lines[-1].rsplit(" ", 1)[-1])
+        lines = grid_log.read_text().strip().splitlines() if grid_log.exists() else lines
+    return lines[-1] if lines else "no log"
+
+
 # ---------------------------------------------------------------------- many runs in subprocesses
+GRID_LOG_NOTE = "trained in a grid; its log is"  # the train.log of a grid's other runs
 @dataclass
 class Job:
     cfg: Config
@@ -297,7 +305,7 @@ def _start(job: Job, threads: int) -> None:
             write_json_atomic(path / "config.json", cfg.to_dict())
         if path != job.path:
             with open(path / "train.log", "a") as log:
-                log.write(f"trained in a grid of {len(job.grid)}; its log is {job.path / 'train.log'}\n")
+                log.write(f"{GRID_LOG_NOTE} {job.path / 'train.log'}\n")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if job.devices[0] is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(job.devices)

@@ -53,7 +53,7 @@ def test_bad_values_fail_with_one_line_naming_the_field(field, value, words):
 def test_unknown_field_and_preset():
     with pytest.raises(ConfigError, match="unknown setting 'temprature'"):
         Config.from_preset("cpu", "byol", temprature=0.2)
-    with pytest.raises(ConfigError, match="preset='gpu'.*smoke, cpu, paper"):
+    with pytest.raises(ConfigError, match="preset='gpu'.*smoke, cpu, laptop, paper"):
         Config.from_preset("gpu", "byol")
 
 
