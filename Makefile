@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed
 GPUS ?=
 GPUS_PER_RUN ?= 1
 
-.PHONY: book test runs execute site venv clean bench paper vendor chromium publish fashion-mnist map
+.PHONY: book test runs execute site venv clean bench paper vendor chromium publish fashion-mnist map lab
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,18 @@ publish:
 
 book: execute
 	$(PY) -m sslnb.book build
+
+# Read and run the chapters in JupyterLab (pinned in requirements.txt, inside .venv; nothing is installed
+# or registered outside it). It serves book/ on 127.0.0.1 and prints the URL with its token; no news or
+# update checks (and no question about them), so it works offline. The chapters' kernel is .venv's python3.
+LAB_PORT ?= 8888
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+lab: $(STAMP)
+	mkdir -p $(LAB_SETTINGS) && echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+	  > $(LAB_SETTINGS)/overrides.json
+	$(VENV)/bin/jupyter-lab --notebook-dir=book --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+	  --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+	  --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q

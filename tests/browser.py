@@ -34,12 +34,14 @@ class Browser:
     """One headless Chromium page. ``errors`` collects uncaught exceptions, console errors and failed
     requests since the last ``goto``."""
 
-    def __init__(self, executable: str, width: int = 1200, height: int = 1600):
+    def __init__(self, executable: str, width: int = 1200, height: int = 1600, loopback: bool = False):
+        """``loopback``: let requests to 127.0.0.1 through (a local JupyterLab); the rest still fail."""
         self.profile = tempfile.mkdtemp(prefix="sslnb-chromium-")
+        bypass = "127.0.0.1" if loopback else "<-loopback>"
         self.proc = subprocess.Popen(
             [executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # no internet
+             "--proxy-server=http://127.0.0.1:9", f"--proxy-bypass-list={bypass}",  # no internet
              f"--window-size={width},{height}", "--remote-debugging-port=0",
              f"--user-data-dir={self.profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
