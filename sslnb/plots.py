@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import seaborn as sns
 
 from .runs import Run
 from .tsne import tsne, tsne_fast
+
+# One look for every figure of the book: seaborn's theme, set once when the chapters import the plots.
+sns.set_theme(context="notebook", style="whitegrid", palette="deep", font_scale=0.9)
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -260,3 +264,17 @@ def compute_map(axes, rows: list[dict], threshold: float = 10.0) -> None:
         ax.set_xlabel(label)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("kNN gain over the calibrated\nuntrained network (points)")
+
+
+def diagnostic_heatmap(ax, rows: list[dict], label: str, columns: list[str]) -> None:
+    """Runs (``rows``, one dict each, named by ``row[label]``) against diagnostics (``columns``) as a
+    heatmap: each column coloured from its own smallest (light) to largest (dark) value, every cell
+    annotated with its number, so one glance shows which runs stand apart on which measure."""
+    values = np.array([[float(r[c]) for c in columns] for r in rows])
+    low, high = values.min(0), values.max(0)
+    scaled = (values - low) / np.where(high > low, high - low, 1.0)
+    sns.heatmap(scaled, ax=ax, annot=values, fmt=".3g", cmap="mako_r", cbar=False, linewidths=0.5,
+                xticklabels=columns, yticklabels=[str(r[label]) for r in rows], annot_kws={"size": 8})
+    ax.set_xlabel("")
+    ax.set_ylabel(label)
+    ax.tick_params(axis="x", rotation=0)
