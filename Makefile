@@ -8,6 +8,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PRESET ?= cpu
+GRID ?= 1
 RUN_ROOT ?= runs
 DEVICE ?= auto
 DATA_ROOT ?= data
@@ -28,8 +29,8 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-runs: $(STAMP)
-	$(PY) -m sslnb.book train --preset $(PRESET) --run-root $(RUN_ROOT) --data-root $(DATA_ROOT) --device $(DEVICE)
+runs: $(STAMP) $(if $(filter laptop,$(PRESET)),fashion-mnist)
+	SSLNB_GRID=$(GRID) $(PY) -m sslnb.book train --preset $(PRESET) --run-root $(RUN_ROOT) --data-root $(DATA_ROOT) --device $(DEVICE)
 
 execute: runs
 	$(PY) -m sslnb.book execute --preset $(PRESET) --run-root $(RUN_ROOT) --data-root $(DATA_ROOT) --device $(DEVICE)

@@ -3,7 +3,7 @@ see then. Each case runs the real command line (``python -m sslnb.train``) in a 
 smoke preset, with real signals where the fault is a process fault, and checks the exit status, that
 the message is one line naming the file or field, and that nothing the user had was lost.
 
-``FAULTS`` is also the README's table "What happens when things go wrong"
+``FAULTS`` is also USAGE.md's table "What happens when things go wrong"
 (``test_the_readme_lists_every_fault`` keeps the two the same).
 """
 
@@ -31,7 +31,7 @@ from sslnb.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# id: (what a user does, what they see). The README's table is made of these rows.
+# id: (what a user does, what they see). USAGE.md's table is made of these rows.
 FAULTS = {
     "twice": ("starts the same run twice (two terminals; `make book` while a notebook launches it)",
               "the second refuses in one line naming the process that holds the run (exit 1), or with "
@@ -408,12 +408,12 @@ def test_every_fault_has_a_test():
 
 
 def test_the_readme_lists_every_fault():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "USAGE.md").read_text()
     for what, seen in FAULTS.values():
         assert f"| {what} | {seen} |" in readme, what
 
 
-if __name__ == "__main__":  # the README's table: python tests/test_faults.py
+if __name__ == "__main__":  # USAGE.md's table: python tests/test_faults.py
     print("| what you do | what you see |\n|---|---|")
     for what, seen in FAULTS.values():
         print(f"| {what} | {seen} |")
