@@ -157,14 +157,13 @@ class GroupedNetwork:
         BatchNorm contributes that BatchNorm's initial state)."""
         states = [m.state_dict() for m in self.members]
         for name, t in self._tensors().items():
-            member_name = name
             if name in self.batched:
-                parts = [s.get(member_name) for s in states]
+                parts = [s.get(name) for s in states]
                 like = next(p for p in parts if p is not None)
                 parts = [p if p is not None else _initial_bn_value(name, like) for p in parts]
                 t.copy_(torch.stack(parts).reshape(t.shape))
             elif name.endswith("num_batches_tracked"):
-                counts = [s[member_name] for s in states if member_name in s]
+                counts = [s[name] for s in states if name in s]
                 if counts:
                     t.copy_(counts[0])
         self.pin()

@@ -145,6 +145,21 @@ class Browser:
             self.pump(0.25)
         return False
 
+    def dropdowns_redraw(self, selects: str, images: str, timeout: float) -> list[int]:
+        """Move each dropdown of ``selects`` (a JavaScript NodeList expression) with two or more options to
+        its next option, one at a time; returns the indices after which ``images`` (an expression for
+        what is on screen) did not change within ``timeout`` seconds."""
+        stuck = []
+        for i in range(self.js(f"{selects}.length")):
+            if self.js(f"{selects}[{i}].options.length") < 2:
+                continue
+            before = self.js(images)
+            self.js(f"(() => {{ const s = {selects}[{i}]; s.selectedIndex = (s.selectedIndex + 1) % s.options.length;"
+                    " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+            if not self.wait_for(f"{images} !== {before!r}", timeout=timeout):
+                stuck.append(i)
+        return stuck
+
     def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
