@@ -36,7 +36,8 @@ from .evaluate import epoch_record
 from .grouped import GroupedNetwork
 from .methods import build_method
 from .optim import build_optimizer, learning_rate, set_learning_rate
-from .rundir import RunDirError, claim, finished, lock, provenance, read_config, verify_resume, write_json_atomic
+from .rundir import (RunDirError, claim, finished, lock, provenance, read_config, read_records, verify_resume,
+                     write_json_atomic)
 from .train import (batch_views, check_finite, epoch_randomness, finish, make_run_dir, note, use_bf16,
                     use_channels_last, write_epoch, write_metrics)
 
@@ -86,9 +87,10 @@ def plan(pairs, max_size: int = MAX_GRID, parts: int = 1):
 
 
 def _epochs_done(path: Path) -> int:
+    """Epochs a run directory has recorded (0 for a new run; a damaged file is left for the trainer's
+    resume check to name)."""
     try:
-        return max((json.loads(line).get("epoch", 0) for line in (path / "metrics.jsonl").read_text().splitlines()
-                    if '"kind": "epoch"' in line), default=0)
+        return max((r.get("epoch", 0) for r in read_records(path) if r.get("kind") == "epoch"), default=0)
     except (OSError, ValueError):
         return 0
 
@@ -179,6 +181,7 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end)
         for m, c, p in zip(members, cfgs, paths):
             write_metrics(p / "metrics.jsonl", "w", [{"kind": "epoch", "epoch": 0, **epoch_record(m, data, c, device)}])
     seeds = sorted({c.seed for c in cfgs})
+    first_of_seed = {c.seed: c for c in reversed(cfgs)}  # whose seed draws the batches of that seed
     grouped = GroupedNetwork(members, shared_input=len(seeds) == 1)
     channels_last = use_channels_last(cfg, device, groups=G)
     net = grouped.network.to(device)
@@ -205,7 +208,7 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end)
         t0 = time.perf_counter()
         lr = learning_rate(cfg, epoch)
         set_learning_rate(opt, lr)
-        randomness = {s: epoch_randomness(cfgs[[c.seed for c in cfgs].index(s)], n, epoch, device) for s in seeds}
+        randomness = {s: epoch_randomness(first_of_seed[s], n, epoch, device) for s in seeds}
         logs: list[dict[str, list]] = [{} for _ in range(G)]
         for b in range(n_batches):
             idx = {s: order[b * bs:(b + 1) * bs] for s, (order, _) in randomness.items()}
