@@ -287,7 +287,7 @@ def bench_augment(device, quick: bool) -> None:
     table(rows, f"Augmentation throughput, two 32x32 aug+ views per image ({device_label(device)})")
 
 
-def bench_budget(run_root: Path) -> None:
+def bench_budget(run_root: Path, preset: str = "cpu") -> None:
     from sslnb.experiments import CHAPTERS, chapter_runs
     from sslnb.rundir import run_name
     from sslnb.runs import load_run
@@ -296,7 +296,7 @@ def bench_budget(run_root: Path) -> None:
     # Each run is counted in the first chapter that needs it, the summary page last.
     for chapter in sorted(CHAPTERS, key=lambda c: (c == "00_results", c)):
         total, count, missing = 0.0, 0, 0
-        for cfg in chapter_runs(chapter, "cpu").values():
+        for cfg in chapter_runs(chapter, preset).values():
             name = run_name(cfg)
             if name in seen:
                 continue
@@ -313,7 +313,7 @@ def bench_budget(run_root: Path) -> None:
                  "not trained": sum(r["not trained"] for r in rows),
                  "core-minutes": sum(r["core-minutes"] for r in rows),
                  "minutes with 2 jobs": sum(r["minutes with 2 jobs"] for r in rows)})
-    table(rows, f"The cpu preset's training budget by chapter (runs under {run_root}; a run shared by "
+    table(rows, f"The {preset} preset's training budget by chapter (runs under {run_root}; a run shared by "
                 "chapters is counted in the first)")
 
 
@@ -412,6 +412,7 @@ def main(argv=None) -> int:
     p.add_argument("--grid-epochs", type=int, default=2, help="epochs of the BN study's end-to-end grid timing")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller CPU batches")
     p.add_argument("--run-root", default=str(ROOT / "runs"))
+    p.add_argument("--preset", default="cpu", help="the preset whose runs --only budget counts")
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -425,7 +426,7 @@ def main(argv=None) -> int:
     if "augment" in only:
         bench_augment(device, args.quick)
     if "budget" in only:
-        bench_budget(Path(args.run_root))
+        bench_budget(Path(args.run_root), args.preset)
     if "tsne" in only:
         bench_tsne(args.quick)
     if "ddp" in only:

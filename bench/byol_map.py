@@ -97,7 +97,7 @@ def measure_point(name: str, args) -> list[dict]:
             "image_size": cfg.image_size, "train_images": len(data.train), "epochs": cfg.epochs, "steps": steps,
             "batch_size": cfg.batch_size, "flop_per_step": flop, "train_flop": flop * steps,
             "wall_s": wall, "threads": threads, "core_hours": wall * threads / 3600,
-            "knn_final": run.result["knn"], "knn_best": max(e["knn"] for e in epochs),
+            "knn_final": run.result["knn"], "knn_best": max(e["knn"] for e in epochs if "knn" in e),
             "eff_rank": run.result.get("eff_rank"), "bn_code": cfg.bn_code, "z_std": run.result.get("z_std"),
             "z_std_ref": run.result.get("z_std_ref"), "untrained_knn": run_of["init", seed].result["knn"],
             "untrained_knn_calibrated": calibrated[seed], "raw_pixel_knn": pixels,

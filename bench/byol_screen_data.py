@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     start = time.time()
     train(cfg, run_dir, progress=False)
     run = load_run(run_dir)
-    epochs = run.records("epoch")
+    epochs = [e for e in run.records("epoch") if "knn" in e]  # the measured epochs
     r = run.result
     print(f"{args.name:24s} raw pixels {raw_pixel_knn(cfg):4.1f}  untrained {epochs[0]['knn']:4.1f}  "
           f"final {r['knn']:4.1f} ({r['knn'] - epochs[0]['knn']:+.1f})  best {max(e['knn'] for e in epochs):4.1f}  "

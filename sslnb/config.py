@@ -102,6 +102,9 @@ class Config:
     # evaluation (seed-protocol section 6)
     knn_k: int = 200  # neighbours of the weighted kNN monitor
     knn_t: float = 0.07  # temperature of the kNN monitor's vote weights
+    # measure (kNN, collapse diagnostics) after every N-th epoch and after the last; the epochs between
+    # record their training figures only. How often a run is measured, not what it trains.
+    eval_every: int = 1
     probe: str = "seed"  # the seed's linear probe on layer-6 features, or none
     probe_epochs: int = 100  # epochs of the linear probe
     probe_lr: float = 30.0  # the linear probe's learning rate (the seed's 30)
@@ -228,11 +231,12 @@ _PRESET_VALUES: dict[str, dict[str, dict]] = {
     },
     # Where BYOL learns on two cores (bench/byol_map.py, point fashion-10k-w8-40ep; the book's page "How much
     # compute does BYOL need?"): the cpu preset's network and batch on 10,000 Fashion-MNIST training images
-    # for 40 epochs (6,280 steps), about 16 core-minutes per BYOL run with its measurements.
+    # for 40 epochs (6,280 steps), about 16 core-minutes per BYOL run when it is measured after every epoch;
+    # measuring after every 5th (and the last) saves about a sixth of that (bench/RESULTS.md).
     "laptop": {
         "all": dict(
             dataset="fashion", train_size=10000, width=8, image_size=16, epochs=40, batch_size=64, lr=0.1,
-            lr_milestones=(32, 38), bn_groups=2, augment="normal", download=True, knn_k=50,
+            lr_milestones=(32, 38), bn_groups=2, augment="normal", download=True, knn_k=50, eval_every=5,
         ),
         "byol": dict(ema=0.99),
         "insdis": dict(lr=0.03, nce_k=256),
@@ -319,7 +323,7 @@ def validate(c: Config) -> None:
     code_ok = isinstance(c.bn_code, str) and len(c.bn_code) == 3 and set(c.bn_code) <= {"0", "1"}
     _check("bn_code", code_ok, "three bits BN1 BN2 BN3 such as '111', '101' or '000'", c.bn_code)
     for name in ("width", "epochs", "batch_size", "image_size", "bn_groups", "proj_dim", "knn_k", "nce_k",
-                 "world_size"):
+                 "world_size", "eval_every"):
         v = getattr(c, name)
         lo = 0 if name == "epochs" else 1
         _check(name, isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"an integer >= {lo}", v)

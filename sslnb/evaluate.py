@@ -320,6 +320,17 @@ def collapsed(result: dict) -> bool:
     return result["z_std"] < COLLAPSE_FRACTION * result["z_std_ref"]
 
 
+def rank_below_repeats(result: dict, repeats: list[dict]) -> bool:
+    """Whether a run's projection uses fewer directions than every repeat of its baseline: its effective
+    rank is below the lowest effective rank of ``repeats`` (the ``result.json`` of the baseline trained
+    with other seeds). This is the partial, *dimensional* collapse that :func:`collapsed` does not see:
+    the projections fold onto a few directions and keep a large spread along them. The yardstick is the
+    baseline's own seed-to-seed range, not a fixed number."""
+    if not repeats:
+        raise ValueError("rank_below_repeats needs at least one repeat of the baseline")
+    return result["eff_rank"] < min(r["eff_rank"] for r in repeats)
+
+
 def negative_gradient_share(z1: torch.Tensor, z2: torch.Tensor, temperature: float, anchor: int = 0) -> np.ndarray:
     """How NT-Xent spreads its push over the negatives, for one anchor.
 

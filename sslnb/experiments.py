@@ -54,11 +54,12 @@ def references(preset: str = "cpu", dataset: str | None = None, device: str = "a
 
 def byol_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
                  data_root: str = "data") -> dict[str, Config]:
-    """BYOL with the seed's two augmentation pipelines (``normal``: its first row; ``aug+``), plus the
-    references."""
+    """BYOL with the seed's two augmentation pipelines (``normal``: its first row; ``aug+``), ``aug+``
+    again with seed 1 (a claim that BYOL learns needs two seeds; at the laptop preset this is the
+    variance chapter's run), plus the references."""
     base = Config.from_preset(preset, "byol", **_extra(device, data_root, dataset))
     return {"byol": base.replace(augment="normal"), "byol aug+": base.replace(augment="aug+"),
-            **references(preset, dataset, device, data_root)}
+            "byol aug+ seed=1": base.replace(augment="aug+", seed=1), **references(preset, dataset, device, data_root)}
 
 
 def insdis_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
@@ -120,11 +121,13 @@ def variance_chapter(preset: str = "cpu", dataset: str | None = None, device: st
 
 def bn_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
                data_root: str = "data") -> dict[str, Config]:
-    """All eight BN codes (named by their code), code 011 with ``bn_affine = False`` (``011 affine
-    off``), code 111 with BatchNorm over the whole batch (``111 full-batch BN``), the repeats of the
-    baseline (``seed=N``) and the untrained network."""
+    """All eight BN codes (named by their code), code 000 again with seed 1 (``000 seed=1``: the
+    collapse it is expected to show is a claim, and a claim needs two seeds), code 011 with
+    ``bn_affine = False`` (``011 affine off``), code 111 with BatchNorm over the whole batch (``111
+    full-batch BN``), the repeats of the baseline (``seed=N``) and the untrained network."""
     base = _study_base(preset, dataset, device, data_root)
     runs = {code: base.replace(bn_code=code) for code in BN_CODES}
+    runs["000 seed=1"] = base.replace(bn_code="000", seed=1)
     runs["011 affine off"] = base.replace(bn_code="011", bn_affine=False)
     runs["111 full-batch BN"] = base.replace(bn_groups=1)
     runs.update(variance_chapter(preset, dataset, device, data_root))

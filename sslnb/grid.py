@@ -38,7 +38,7 @@ from .methods import build_method
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .rundir import (RunDirError, claim, finished, lock, provenance, read_config, read_records, verify_resume,
                      write_json_atomic)
-from .train import (batch_views, check_finite, epoch_randomness, finish, make_run_dir, note, use_bf16,
+from .train import (batch_views, check_finite, epoch_randomness, epoch_summary, finish, make_run_dir, note, use_bf16,
                     use_channels_last, write_epoch, write_metrics)
 
 # The settings that may differ between the runs of one grid: each is either data of the step (the seed
@@ -233,8 +233,7 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end)
                                            device, epoch + 1, step, lr, values[g], share, walls[g],
                                            time.perf_counter() - share, grid_size=G)
             if progress:
-                bar.write(f"{p.name} epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}, "
-                          f"kNN {record['knn']:.1f}%")
+                bar.write(f"{p.name} epoch {epoch + 1}/{cfg.epochs}: {epoch_summary(record)}")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
     bar.close()

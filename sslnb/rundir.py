@@ -52,8 +52,9 @@ class RunDirError(RuntimeError):
         super().__init__(message)
         self.status = status
 
-# Fields that do not change what is computed, so they do not enter a run's identity.
-NOT_IDENTITY = ("device", "preset", "data_root", "download", "channels_last", "compile")
+# Fields that do not change what is computed, so they do not enter a run's identity. (eval_every: how
+# often the run is measured; measuring touches neither the weights nor any random stream of training.)
+NOT_IDENTITY = ("device", "preset", "data_root", "download", "channels_last", "compile", "eval_every")
 
 
 def run_name(cfg: Config) -> str:

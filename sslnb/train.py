@@ -202,14 +202,21 @@ def _train(cfg: Config, run_dir: Path, device, data, state: dict | None, progres
         record, wall = write_epoch(run_dir, cfg, method, opt.state_dict(), data, device, epoch + 1, step, lr,
                                    values, epoch_time, wall, t0)
         if progress:
-            bar.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}, kNN {record['knn']:.1f}%, "
-                      f"z_std {record['z_std']:.3f} (1/sqrt(d) = {record['z_std_ref']:.3f})")
+            bar.write(f"epoch {epoch + 1}/{cfg.epochs}: {epoch_summary(record)}")
         dist.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
     bar.close()
     if main:
         finish(method, data, cfg, device, run_dir, wall, prov)
+
+
+def epoch_summary(record: dict) -> str:
+    """One epoch record as the progress line shows it: the loss, and the measurements when it has them."""
+    if "knn" not in record:
+        return f"loss {record['loss']:.4f}"
+    return (f"loss {record['loss']:.4f}, kNN {record['knn']:.1f}%, z_std {record['z_std']:.3f} "
+            f"(1/sqrt(d) = {record['z_std_ref']:.3f})")
 
 
 def epoch_randomness(cfg: Config, n: int, epoch: int, device) -> tuple[torch.Tensor, torch.Generator]:
@@ -243,8 +250,11 @@ def write_epoch(run_dir: Path, cfg: Config, method, opt_state: dict, data, devic
     n_batches = len(values["loss"])
     record = {"kind": "epoch", "epoch": epoch, "lr": lr, "epoch_s": epoch_s,
               "img_per_s": n_batches * cfg.batch_size / epoch_s, **extra,
-              **{k if k == "loss" else f"train_{k}": float(np.mean(v)) for k, v in values.items()},
-              **epoch_record(method, data, cfg, device)}
+              **{k if k == "loss" else f"train_{k}": float(np.mean(v)) for k, v in values.items()}}
+    if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        t_eval = time.perf_counter()
+        record.update(epoch_record(method, data, cfg, device))
+        record["eval_s"] = time.perf_counter() - t_eval
     metrics_path = run_dir / "metrics.jsonl"
     first = step - n_batches + 1
     write_metrics(metrics_path, "a", [{"kind": "step", "epoch": epoch, "step": first + i, "lr": lr, "loss": v}
@@ -272,6 +282,7 @@ def finish(method, data, cfg: Config, device, run_dir: Path, wall: float, prov: 
     t0 = time.perf_counter()
     epochs = [r for r in read_records(run_dir) if r["kind"] == "epoch"]
     result, features = final_result(method, data, cfg, device, epochs)
+    result["final_s"] = time.perf_counter() - t0  # the final measurements' share of wall_s (the probe, features)
     try:
         np.savez_compressed(run_dir / "features.npz", **features)
     except OSError as e:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslnb.evaluate import alignment, collapse_stats, mean_and_interval, uniformity
+from sslnb.evaluate import alignment, collapse_stats, collapsed as is_collapsed, mean_and_interval, rank_below_repeats, uniformity
 
 
 def spread(n=2000, d=64, seed=0):
@@ -27,6 +27,19 @@ def test_spread_embedding_gives_reference_std_and_high_rank():
     s = collapse_stats(spread())
     assert s["z_std"] == pytest.approx(1 / 8, rel=0.05)  # Gaussian directions: each coordinate ~ 1/sqrt(d)
     assert s["eff_rank"] > 50  # of at most 64
+
+
+def test_a_projection_folded_onto_two_directions_is_dimensional_not_complete_collapse():
+    # Points spread along 2 of 64 directions: on the sphere they are far apart (no complete collapse by
+    # the std rule), yet they use 2 directions where the repeats use about 60.
+    folded = spread(d=2) @ spread(n=2, d=64, seed=3)
+    s = collapse_stats(folded)
+    assert not is_collapsed(s) and s["eff_rank"] < 2.5
+    repeats = [collapse_stats(spread(seed=k)) for k in (4, 5)]
+    assert rank_below_repeats(s, repeats)
+    assert not rank_below_repeats(repeats[0], [repeats[1], collapse_stats(folded)])  # below the lowest only
+    with pytest.raises(ValueError):
+        rank_below_repeats(s, [])
 
 
 def test_uniformity_of_spread_points_is_near_minus_2t():

@@ -26,9 +26,20 @@ def test_paper_preset_run_lists_follow_the_seed():
     assert (results["byol r50"].network, results["byol r50"].batch_size, results["byol r50"].lr) == ("resnet50", 256, 0.06)
 
 
-@pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "laptop", "paper"])
 def test_shared_runs_train_once(preset):
     names = [run_name(c) for c in all_runs(preset)]
     assert len(names) == len(set(names))
     every = {run_name(c) for ch in CHAPTERS for c in chapter_runs(ch, preset).values()}
     assert every == set(names)
+
+
+def test_two_seeds_where_the_book_claims_learning_or_collapse():
+    """The BYOL chapter's second seed and the BN chapter's repeats are real second seeds; at the laptop
+    preset the BYOL chapter's second seed is the variance chapter's run, so it trains once."""
+    byol, bn = chapter_runs("03_byol", "laptop"), chapter_runs("04_bn_collapse", "laptop")
+    assert (byol["byol aug+"].seed, byol["byol aug+ seed=1"].seed) == (0, 1)
+    assert byol["byol aug+ seed=1"].replace(seed=0) == byol["byol aug+"]
+    assert run_name(byol["byol aug+ seed=1"]) == run_name(chapter_runs("06_variance", "laptop")["seed=1"])
+    assert (bn["000"].seed, bn["000 seed=1"].seed) == (0, 1)
+    assert bn["000 seed=1"].replace(seed=0) == bn["000"]

@@ -83,7 +83,7 @@ FAULTS = {
 
 SMOKE = ["--preset", "smoke", "--device", "cpu", "--quiet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TIMING = {"epoch_s", "img_per_s"}
+TIMING = {"epoch_s", "img_per_s", "eval_s"}
 
 
 def cli(*args, module="sslnb.train", limit_bytes=None, **kw):

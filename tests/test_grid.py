@@ -21,7 +21,7 @@ from sslnb.optim import build_optimizer
 from sslnb.runs import launch, load_run
 from sslnb.train import train, train_step
 
-TIMING = {"epoch_s", "img_per_s", "grid_size"}
+TIMING = {"epoch_s", "img_per_s", "eval_s", "grid_size"}
 
 
 def members(cfgs):

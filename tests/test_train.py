@@ -13,7 +13,7 @@ from sslnb.train import train
 
 from helpers import write_fake_cifar
 
-TIMING = {"epoch_s", "img_per_s"}
+TIMING = {"epoch_s", "img_per_s", "eval_s"}
 
 
 def metrics_without_timing(path):
@@ -69,6 +69,23 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, smoke_run):
     train(cfg, path, progress=False)
     assert metrics_without_timing(path) == metrics_without_timing(smoke_run.path)
     assert json.loads((path / "provenance.json").read_text())["resumed_at_epoch"] == 1
+
+
+def test_eval_every_measures_fewer_epochs_and_trains_the_same_network(tmp_path, smoke_run):
+    """eval_every = 2 over 3 epochs measures epochs 0, 2 and 3 (the last), leaves the training figures
+    and the final result of every epoch as they were, and is the same run (same directory name)."""
+    cfg = smoke_run.config.replace(eval_every=2)
+    assert run_name(cfg) == run_name(smoke_run.config)
+    train(cfg, tmp_path / "sparse", progress=False)
+    sparse = load_run(tmp_path / "sparse")
+    assert [r["epoch"] for r in sparse.records("epoch") if "knn" in r] == [0, 2, 3]
+    full = {r["epoch"]: r for r in smoke_run.records("epoch")}
+    for r in sparse.records("epoch"):  # every figure it has is the every-epoch run's, to the bit
+        assert {k: v for k, v in r.items() if k not in TIMING} == {k: full[r["epoch"]][k] for k in r if k not in TIMING}
+    assert "knn" not in sparse.records("epoch")[1] and "eval_s" in sparse.records("epoch")[2]
+    assert sparse.metric("knn")[0] == [0, 2, 3]
+    for key in ("knn", "knn_init", "probe_best", "eff_rank"):
+        assert sparse.result[key] == smoke_run.result[key], key
 
 
 def test_launch_reuses_finished_runs_and_finds_them(tmp_path):
