@@ -3,7 +3,7 @@
 Trains (or reuses) the BN chapter's runs at the preset with ``sslnb.runs.launch`` (grids of runs, two
 jobs): the eight BN codes and the baseline's seeds, plus code 000 with every seed but the first, so that
 the sharpest contrast of the study (111 against 000) has two seeds. Prints one row per run (kNN, linear
-probe, the collapse diagnostics, whether the chapter's rule calls it collapsed, the untrained network's
+probe, the collapse diagnostics, which collapse the chapter's rules find (complete or partial), the untrained network's
 kNN for comparison) and writes the table into bench/RESULTS.md between ``<!-- bn-study:PRESET:start -->``
 and ``<!-- bn-study:PRESET:end -->``. Run directories are not committed; the table is the record.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sslnb.evaluate import collapsed  # noqa: E402
+from sslnb.evaluate import collapsed, rank_below_repeats  # noqa: E402
 from sslnb.experiments import BN_CODES, SEEDS, bn_chapter  # noqa: E402
 from sslnb.rundir import device_name  # noqa: E402
 from sslnb.runs import launch  # noqa: E402
@@ -42,7 +42,12 @@ def configs(preset: str, data_root: str, all_runs: bool) -> dict:
 
 def table(runs: dict) -> str:
     init = runs["untrained"].result
-    lines = ["| run | seed | kNN | gain over untrained | linear (best) | z std x sqrt(d) | eff. rank | collapsed | minutes |",
+    repeats = [run.result for label, run in runs.items() if label.split(" seed=")[0] == "111"]
+
+    def kind(r: dict) -> str:  # the BN chapter's two rules
+        return "complete" if collapsed(r) else "partial" if rank_below_repeats(r, repeats) else "no"
+
+    lines = ["| run | seed | kNN | gain over untrained | linear (best) | z std x sqrt(d) | eff. rank | collapse | minutes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for label, run in runs.items():
         if label == "untrained":
@@ -51,7 +56,7 @@ def table(runs: dict) -> str:
         probe = r.get("probe_best")
         lines.append(f"| {label.split(' seed=')[0]} | {c.seed} | {r['knn']:.1f} | {r['knn'] - init['knn']:+.1f} | "
                      f"{'–' if probe is None else f'{probe:.1f}'} | {r['z_std'] / r['z_std_ref']:.3f} | "
-                     f"{r['eff_rank']:.1f} | {'yes' if collapsed(r) else 'no'} | {r['wall_s'] / 60:.1f} |")
+                     f"{r['eff_rank']:.1f} | {kind(r)} | {r['wall_s'] / 60:.1f} |")
     lines.append(f"| untrained network (seed 0) | 0 | {init['knn']:.1f} | – | – | – | – | – | – |")
     return "\n".join(lines)
 
