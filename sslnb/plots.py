@@ -140,6 +140,10 @@ def curves(ax, runs: dict[str, Run], metric: str = "loss", log: bool = False, sm
             ax.axhline(ref, color="grey", ls=":", lw=1, label="1/sqrt(dim): no collapse")
     if reference is not None:
         ax.axhline(reference, color="grey", ls="--", lw=1, label=reference_label)
+    if log and not any(np.any(np.asarray(line.get_ydata(), float) > 0) for line in ax.lines):
+        log = False  # e.g. uniformity, which is never positive: say so instead of warning
+        ax.text(0.99, 0.02, "no positive values: linear scale", transform=ax.transAxes, ha="right", fontsize=7,
+                color="0.4")
     ax.set_yscale("log" if log else "linear")
     ax.set_xlabel("epoch" if x == "epoch" else "optimiser step")
     ax.set_ylabel(CURVE_METRICS.get(metric, metric))

@@ -3,6 +3,7 @@ combination of controls, live callbacks redraw, and the drawings say where they 
 side, on the built site, is tests/test_site.py.)"""
 
 import json
+import warnings
 
 import ipywidgets as w
 import numpy as np
@@ -20,14 +21,14 @@ def fake_run(root, name, epochs=3, steps_per_epoch=4, n=40, seed=0):
     path.mkdir(parents=True)
     cfg = Config.from_preset("smoke", "byol", epochs=epochs, seed=seed)
     (path / "config.json").write_text(json.dumps(cfg.to_dict()))
-    lines = [{"kind": "epoch", "epoch": 0, "knn": 10.0, "z_std": 0.01, "eff_rank": 5.0}]
+    lines = [{"kind": "epoch", "epoch": 0, "knn": 10.0, "z_std": 0.01, "eff_rank": 5.0, "uniformity": -0.5}]
     step = 0
     for epoch in range(1, epochs + 1):
         for _ in range(steps_per_epoch):
             step += 1
             lines.append({"kind": "step", "epoch": epoch, "step": step, "lr": 0.1, "loss": float(rng.random() + 4 - epoch)})
         lines.append({"kind": "epoch", "epoch": epoch, "loss": 4.0 - epoch, "lr": 0.1, "knn": 10.0 + epoch + seed,
-                      "z_std": 0.02 * epoch, "eff_rank": 5.0 + epoch})
+                      "z_std": 0.02 * epoch, "eff_rank": 5.0 + epoch, "uniformity": -0.5 - epoch})
     (path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     y = np.arange(n) % 10
     np.savez(path / "features.npz", h=rng.normal(size=(n, 8)) + y[:, None], z=rng.normal(size=(n, 6)), y=y)
@@ -124,6 +125,14 @@ def test_curves_put_epoch_metrics_on_the_step_axis_and_smooth_only_the_loss(runs
     ax = Figure().subplots()
     plots.curves(ax, {"a": runs["a"]}, "z_std")
     assert ax.lines[-1].get_ydata()[0] == 0.4  # the no-collapse reference from result.json
+    ax = Figure().subplots()
+    plots.curves(ax, {"a": runs["a"]}, "knn", log=True)
+    assert ax.get_yscale() == "log"
+    ax = Figure().subplots()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when asked to log-scale data with no positive value
+        plots.curves(ax, {"a": runs["a"]}, "uniformity", log=True)
+    assert ax.lines and ax.get_yscale() == "linear" and "linear scale" in ax.texts[0].get_text()
 
 
 def test_provenance_is_on_figures_tables_and_explorers(runs):
