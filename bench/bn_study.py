@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sslnb.evaluate import collapsed, rank_below_repeats  # noqa: E402
+from sslnb.evaluate import collapse_kind  # noqa: E402
 from sslnb.experiments import BN_CODES, SEEDS, bn_chapter  # noqa: E402
 from sslnb.rundir import device_name  # noqa: E402
 from sslnb.runs import launch  # noqa: E402
@@ -43,10 +43,6 @@ def configs(preset: str, data_root: str, all_runs: bool) -> dict:
 def table(runs: dict) -> str:
     init = runs["untrained"].result
     repeats = [run.result for label, run in runs.items() if label.split(" seed=")[0] == "111"]
-
-    def kind(r: dict) -> str:  # the BN chapter's two rules
-        return "complete" if collapsed(r) else "partial" if rank_below_repeats(r, repeats) else "no"
-
     lines = ["| run | seed | kNN | gain over untrained | linear (best) | z std x sqrt(d) | eff. rank | collapse | minutes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for label, run in runs.items():
@@ -56,7 +52,7 @@ def table(runs: dict) -> str:
         probe = r.get("probe_best")
         lines.append(f"| {label.split(' seed=')[0]} | {c.seed} | {r['knn']:.1f} | {r['knn'] - init['knn']:+.1f} | "
                      f"{'–' if probe is None else f'{probe:.1f}'} | {r['z_std'] / r['z_std_ref']:.3f} | "
-                     f"{r['eff_rank']:.1f} | {kind(r)} | {r['wall_s'] / 60:.1f} |")
+                     f"{r['eff_rank']:.1f} | {collapse_kind(r, repeats)} | {r['wall_s'] / 60:.1f} |")
     lines.append(f"| untrained network (seed 0) | 0 | {init['knn']:.1f} | – | – | – | – | – | – |")
     return "\n".join(lines)
 

@@ -87,7 +87,6 @@ def measure_point(name: str, args) -> list[dict]:
     rows = []
     for (method, seed), cfg in configs.items():
         run = run_of[method, seed]
-        epochs = run.records("epoch")
         steps = cfg.epochs * steps_per_epoch(cfg)
         flop = step_flop(cfg, data.num_classes, len(data.train))
         wall = run.result.get("wall_s", 0.0)
@@ -97,7 +96,7 @@ def measure_point(name: str, args) -> list[dict]:
             "image_size": cfg.image_size, "train_images": len(data.train), "epochs": cfg.epochs, "steps": steps,
             "batch_size": cfg.batch_size, "flop_per_step": flop, "train_flop": flop * steps,
             "wall_s": wall, "threads": threads, "core_hours": wall * threads / 3600,
-            "knn_final": run.result["knn"], "knn_best": max(e["knn"] for e in epochs if "knn" in e),
+            "knn_final": run.result["knn"], "knn_best": max(run.metric("knn")[1]),
             "eff_rank": run.result.get("eff_rank"), "bn_code": cfg.bn_code, "z_std": run.result.get("z_std"),
             "z_std_ref": run.result.get("z_std_ref"), "untrained_knn": run_of["init", seed].result["knn"],
             "untrained_knn_calibrated": calibrated[seed], "raw_pixel_knn": pixels,

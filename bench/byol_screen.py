@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     print(f"{'variant':44s} {'kNN':>5s} {'vs init':>7s} {'kNN z':>5s} {'probe':>5s} {'rank':>5s}  kNN per epoch")
     for label, run in zip(configs, runs[1:]):
         r = run.result
-        per_epoch = " ".join(f"{e['knn']:.0f}" for e in run.records("epoch") if "knn" in e)
+        per_epoch = " ".join(f"{v:.0f}" for v in run.metric("knn")[1])
         print(f"{label[:44]:44s} {r['knn']:5.1f} {r['knn'] - init_knn:+7.1f} {r.get('knn_z', float('nan')):5.1f} "
               f"{r.get('probe_best', float('nan')):5.1f} {r.get('eff_rank', float('nan')):5.1f}  {per_epoch}")
     return 0

@@ -61,12 +61,12 @@ def main(argv=None) -> int:
     start = time.time()
     train(cfg, run_dir, progress=False)
     run = load_run(run_dir)
-    epochs = [e for e in run.records("epoch") if "knn" in e]  # the measured epochs
+    _, knn = run.metric("knn")  # the measured epochs, the untrained network first
     r = run.result
-    print(f"{args.name:24s} raw pixels {raw_pixel_knn(cfg):4.1f}  untrained {epochs[0]['knn']:4.1f}  "
-          f"final {r['knn']:4.1f} ({r['knn'] - epochs[0]['knn']:+.1f})  best {max(e['knn'] for e in epochs):4.1f}  "
+    print(f"{args.name:24s} raw pixels {raw_pixel_knn(cfg):4.1f}  untrained {knn[0]:4.1f}  "
+          f"final {r['knn']:4.1f} ({r['knn'] - knn[0]:+.1f})  best {max(knn):4.1f}  "
           f"probe {r.get('probe_best', float('nan')):4.1f}  rank {r.get('eff_rank', float('nan')):4.1f}  "
-          f"{time.time() - start:.0f}s | " + " ".join(f"{e['knn']:.0f}" for e in epochs), flush=True)
+          f"{time.time() - start:.0f}s | " + " ".join(f"{v:.0f}" for v in knn), flush=True)
     return 0
 
 

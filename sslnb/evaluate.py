@@ -331,6 +331,14 @@ def rank_below_repeats(result: dict, repeats: list[dict]) -> bool:
     return result["eff_rank"] < min(r["eff_rank"] for r in repeats)
 
 
+def collapse_kind(result: dict, repeats: list[dict]) -> str:
+    """The BN chapter's verdict on a run, by its two rules: ``"complete"`` (:func:`collapsed`),
+    ``"partial"`` (:func:`rank_below_repeats` against the baseline's ``repeats``) or ``"no"``."""
+    if collapsed(result):
+        return "complete"
+    return "partial" if rank_below_repeats(result, repeats) else "no"
+
+
 def negative_gradient_share(z1: torch.Tensor, z2: torch.Tensor, temperature: float, anchor: int = 0) -> np.ndarray:
     """How NT-Xent spreads its push over the negatives, for one anchor.
 
