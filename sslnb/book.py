@@ -20,7 +20,9 @@ from pathlib import Path
 
 from .config import ConfigError, nearest, settings_markdown
 from .data import DatasetUnavailable
+from .dist import die_with_parent
 from .experiments import CHAPTERS, all_runs, chapter_runs
+from .rundir import RunDirError
 from .runs import LaunchError, launch, missing_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +148,8 @@ def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600
     stage(stage_dir, keep=[name for name in names if name not in {nb.stem for nb in selected}])
     outs = [stage_dir / "book" / nb.name for nb in selected]
     print(f"executing {len(selected)} chapters with {parameters}, {jobs} at a time", flush=True)
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+    # the workers (and so their kernels) die with this process, even by kill -9
+    with ProcessPoolExecutor(max_workers=max(1, jobs), initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_execute_one, nb, out, parameters, timeout) for nb, out in zip(selected, outs)]
         for nb, future in zip(selected, futures):
             error = future.result()
@@ -193,6 +196,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once, one thread each (default: 2 on a CPU, 1 with a GPU)")
     p.add_argument("--chapters", nargs="*", help="execute only these chapters (by file stem)")
+    p.add_argument("--stage-dir", default=str(STAGE), help="where the executed chapters are staged (default: _stage)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="an extra papermill parameter")
     args = p.parse_args(argv)
@@ -209,13 +213,13 @@ def main(argv=None) -> int:
             if args.dataset:
                 params["dataset"] = args.dataset
             params.update(dict(args.parameter))
-            execute(params, args.chapters)
+            execute(params, args.chapters, stage_dir=Path(args.stage_dir))
         else:
-            build()
-    except (BookError, ConfigError, DatasetUnavailable, LaunchError) as e:
+            build(stage_dir=Path(args.stage_dir))
+    except (BookError, ConfigError, DatasetUnavailable, LaunchError, RunDirError, FloatingPointError) as e:
         # one line for the user; the run directories keep what was done
         print(f"{p.prog} {args.step}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "status", 2)
     return 0
 
 

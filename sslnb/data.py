@@ -206,9 +206,10 @@ def load_fashion(root: Path, download: bool = True) -> ImageData:
     torchvision into ``root`` if missing and ``download`` is on."""
     folder = _fashion_folder(root)
     if folder is None:
-        how = (f"install Debian's dataset-fashion-mnist (make fashion-mnist), put the four idx files in "
-               f"{root / 'fashion-mnist'}, or allow the download (--download true)")
+        how = (f"install Debian's dataset-fashion-mnist (make fashion-mnist) or put the four idx files in "
+               f"{root / 'fashion-mnist'}")
         if not download:
+            how += ", or allow the download (--download true)"
             raise DatasetUnavailable(f"Fashion-MNIST not found under {root} or {FASHION_SYSTEM}: {how}")
         import torchvision
 

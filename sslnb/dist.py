@@ -18,8 +18,11 @@ batch. The collectives below make N processes compute the same thing:
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
+import sys
 
 import torch
 import torch.distributed as dist
@@ -30,6 +33,25 @@ from .norm import GhostBatchNorm
 
 # How long a rank waits in a collective for the others before it gives up (a dead peer).
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("SSLNB_DIST_TIMEOUT", "1800")))
+
+
+# ---------------------------------------------------------------------- helper processes
+# prctl looked up once, here: die_with_parent may run between fork and exec, where loading a library is unsafe
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process (a worker the library started) get SIGKILL when its parent dies, however the
+    parent dies (Linux's ``PR_SET_PDEATHSIG``; elsewhere nothing). Chapters' kernels follow their worker
+    on their own (ipykernel polls its parent), and interrupted runs resume, so nothing is left behind
+    holding memory or run directories. Call it first thing in the child (a pool's ``initializer``, a
+    ``preexec_fn``); ``parent_pid`` is checked afterwards in case the parent died before."""
+    if _PRCTL is None:
+        return
+    _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------- process group

@@ -12,7 +12,13 @@ own, as alone.
 
 Each run directory is written exactly as :mod:`sslnb.train` writes it (same records, same checkpoint
 format, each run resumable alone or in a grid). A run's ``epoch_s`` and ``wall_s`` are its share of the
-grid's time (the grid's time / G, plus its own measurements); ``provenance.json`` names the grid.
+grid's time (the grid's time / G, plus its own measurements); ``provenance.json`` names the grid and
+each run's grid settings (so that the same command can start a run that was moved aside again).
+
+"Run the same command again" holds after any stop: an epoch ends by writing every run's checkpoint
+beside its old one, then renaming them into place (:func:`sslnb.rundir.settle_pending` finishes or undoes
+an epoch stopped between those steps), and runs that are behind the others (one trained alone for a
+while, or started again after it was moved aside) first catch up as a smaller grid.
 """
 
 from __future__ import annotations
@@ -36,16 +42,23 @@ from .evaluate import epoch_record
 from .grouped import GroupedNetwork
 from .methods import build_method
 from .optim import build_optimizer, learning_rate, set_learning_rate
-from .rundir import (RunDirError, claim, finished, lock, provenance, read_config, read_records, verify_resume,
-                     write_json_atomic)
-from .train import (batch_views, check_finite, epoch_randomness, epoch_summary, finish, make_run_dir, note, use_bf16,
+from .rundir import (PENDING, RunDirError, claim, commit_pending, config_difference, finished, lock, provenance,
+                     read_config, settle_pending, verify_resume, write_json_atomic)
+from .train import (batch_views, check_finite, epoch_randomness, epoch_summary, finish, make_run_dir, use_bf16,
                     use_channels_last, write_epoch, write_metrics)
 
 # The settings that may differ between the runs of one grid: each is either data of the step (the seed
 # picks the initial weights, the data order and the augmentations; the temperature enters only the loss)
 # or a per-group switch of the batched network (each BatchNorm of the BN code present or not).
 GRID_FIELDS = ("seed", "bn_code", "temperature")
+# Settings each run of a grid keeps for itself without changing the step: how often it is measured, and
+# the preset's name (a label).
+PER_RUN_FIELDS = ("eval_every", "preset")
 MAX_GRID = 8  # runs per grid by default (measured: bench/RESULTS.md, "Grids of runs")
+
+
+def note(message: str) -> None:
+    print(f"sslnb.grid: {message}", file=sys.stderr, flush=True)
 
 
 def grid_key(cfg: Config) -> str | None:
@@ -53,17 +66,32 @@ def grid_key(cfg: Config) -> str | None:
     processes, or InsDis's NCE, whose negatives come from the global random stream)."""
     if cfg.world_size != 1 or (cfg.method == "insdis" and cfg.insdis_loss == "nce"):
         return None
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in GRID_FIELDS}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in GRID_FIELDS + PER_RUN_FIELDS}
     return json.dumps(settings, sort_keys=True, default=list)
+
+
+def grid_refusal(cfgs: list[Config]) -> str | None:
+    """Why ``cfgs`` cannot train as one grid (one line naming the setting), or None when they can."""
+    for c in cfgs:
+        if grid_key(c) is None:
+            why = "several processes" if c.world_size != 1 else "InsDis with NCE draws from the global random stream"
+            return f"these runs cannot train as one grid: a {c.method} run with {why} trains alone"
+    first = cfgs[0].to_dict()
+    for c in cfgs[1:]:
+        for k, v in c.to_dict().items():
+            if k not in GRID_FIELDS + PER_RUN_FIELDS and v != first[k]:
+                return (f"these runs cannot train as one grid: they differ in {k} ({first[k]!r} and {v!r}); a grid's "
+                        f"runs may differ only in {', '.join(GRID_FIELDS)}")
+    return None
 
 
 def plan(pairs, max_size: int = MAX_GRID, parts: int = 1):
     """Split ``(config, run_dir)`` pairs into grids (lists of 2 to ``max_size`` pairs that
     :func:`train_grid` can train together) and the pairs that train alone, keeping their order. The runs
     of one possible grid are split into at least ``parts`` grids of near-equal size where each keeps two
-    runs (so that ``parts`` processes share the work). Runs that have trained for different numbers of
-    epochs are not put in one grid. Returns ``(grids, alone)``."""
-    groups: dict[tuple, list] = {}
+    runs (so that ``parts`` processes share the work). Runs at different epochs may share a grid (the
+    ones behind catch up first), so an interrupted grid is planned as it was. Returns ``(grids, alone)``."""
+    groups: dict[str, list] = {}
     alone = []
     pairs = [(cfg, Path(path)) for cfg, path in pairs]
     for cfg, path in pairs:
@@ -71,7 +99,7 @@ def plan(pairs, max_size: int = MAX_GRID, parts: int = 1):
         if key is None or max_size < 2:
             alone.append((cfg, path))
         else:
-            groups.setdefault((key, _epochs_done(path)), []).append((cfg, path))
+            groups.setdefault(key, []).append((cfg, path))
     grids = []
     for members in groups.values():
         n = len(members)
@@ -86,28 +114,23 @@ def plan(pairs, max_size: int = MAX_GRID, parts: int = 1):
     return grids, sorted(alone, key=lambda pair: order[pair[1]])
 
 
-def _epochs_done(path: Path) -> int:
-    """Epochs a run directory has recorded (0 for a new run; a damaged file is left for the trainer's
-    resume check to name)."""
-    try:
-        return max((r.get("epoch", 0) for r in read_records(path) if r.get("kind") == "epoch"), default=0)
-    except (OSError, ValueError):
-        return 0
-
-
 def train_grid(cfgs: list[Config], run_dirs, progress: bool = True, wait: bool = False, on_epoch_end=None) -> list[Path]:
-    """Train the runs ``cfgs`` into ``run_dirs`` as one grid (see the module docstring), resuming them
-    if they hold checkpoints of the same epoch. Finished runs are left as they are. Every run directory
-    is locked for the whole grid; ``on_epoch_end(epoch)`` is called once all checkpoints of the epoch
-    are on disk."""
+    """Train the runs ``cfgs`` into ``run_dirs`` as one grid (see the module docstring), resuming each
+    from its checkpoint. Finished runs are left as they are (also those another process finishes while
+    this one waits for them). Every run directory is locked for the whole grid; ``on_epoch_end(epoch)``
+    is called once all checkpoints of the epoch are on disk."""
     run_dirs = [Path(p) for p in run_dirs]
-    if len(cfgs) != len(run_dirs) or len(set(run_dirs)) != len(run_dirs):
-        raise ConfigError("a grid needs one distinct run directory per config")
-    keys = {grid_key(c) for c in cfgs}
-    if None in keys or len(keys) != 1:
-        raise ConfigError(f"these runs cannot train as one grid: their configs differ in more than "
-                          f"{', '.join(GRID_FIELDS)}, or one of them trains alone")
-    todo = [(c, p) for c, p in zip(cfgs, run_dirs) if not finished(p)]
+    if len(cfgs) != len(run_dirs):
+        raise ConfigError(f"a grid needs one run directory per config ({len(cfgs)} configs, {len(run_dirs)} directories)")
+    seen: dict[Path, Path] = {}
+    for p in run_dirs:  # the same directory under two spellings (a/../a/s0, a symlink) is one run
+        other = seen.setdefault(p.resolve(), p)
+        if other is not p:
+            raise ConfigError(f"{other} and {p} are the same run directory; name each run of a grid once")
+    refusal = grid_refusal(cfgs)
+    if refusal:
+        raise ConfigError(refusal)
+    todo = _unfinished(cfgs, run_dirs)
     if not todo:
         return run_dirs
     device = dist.init(cfgs[0].device)
@@ -115,14 +138,49 @@ def train_grid(cfgs: list[Config], run_dirs, progress: bool = True, wait: bool =
         raise ConfigError("a grid trains in one process; start it without torchrun")
     data = dataset_of(todo[0][0])  # before anything is written
     with contextlib.ExitStack() as held:
-        states = []
         for cfg, path in todo:
             make_run_dir(path)
             held.enter_context(lock(path, wait, say=note))
+        todo = _unfinished(*zip(*todo))  # (another process may have finished some while this one waited)
+        if not todo:
+            return run_dirs
+        for cfg, path in todo:
             claim(path, cfg)
-            states.append(verify_resume(path, cfg, map_location=device, say=note))
-        _train_grid([c for c, _ in todo], [p for _, p in todo], device, data, states, progress, on_epoch_end)
+        settle_pending([p for _, p in todo], say=note)
+        states = [verify_resume(p, c, map_location=device, say=note) for c, p in todo]
+        _catch_up([c for c, _ in todo], [p for _, p in todo], device, data, states, progress, on_epoch_end)
     return run_dirs
+
+
+def _unfinished(cfgs, run_dirs) -> list[tuple[Config, Path]]:
+    """The ``(config, run_dir)`` pairs whose run is not finished; a finished run of another config is refused."""
+    todo = []
+    for cfg, path in zip(cfgs, run_dirs):
+        if not finished(path):
+            todo.append((cfg, path))
+        elif config_difference(path, cfg):
+            raise ConfigError(f"{path} holds a run with a different config ({config_difference(path, cfg)}); "
+                              f"choose another run directory")
+    return todo
+
+
+def _catch_up(cfgs, paths, device, data, states, progress: bool, on_epoch_end) -> None:
+    """Train the grid to its end. Runs behind the others (one trained alone for a while, one started
+    again after it was moved aside) first train as a smaller grid up to the next run's epoch, until all
+    are at one epoch; from there they train as one grid, as if never apart."""
+    epochs = [0 if s is None else s["epoch"] for s in states]
+    while len(set(epochs)) > 1:
+        low = min(epochs)
+        target = min(e for e in epochs if e > low)
+        behind = [i for i, e in enumerate(epochs) if e == low]
+        note(f"{', '.join(paths[i].name for i in behind)} at epoch {low}: catching up to epoch {target} "
+             f"before the grid trains together")
+        _train_grid([cfgs[i] for i in behind], [paths[i] for i in behind], device, data, [states[i] for i in behind],
+                    progress, on_epoch_end, until=target)
+        for i in behind:
+            states[i] = verify_resume(paths[i], cfgs[i], map_location=device, say=note)
+            epochs[i] = target
+    _train_grid(cfgs, paths, device, data, states, progress, on_epoch_end)
 
 
 def grid_step(grouped: GroupedNetwork, members, opt, inputs, ys, idxs, progress: float, bf16: bool = False) -> list[dict]:
@@ -156,12 +214,11 @@ def split_outputs(out, groups: int, g: int):
     return [split_outputs(v, groups, g) for v in out]
 
 
-def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end) -> None:
+def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end, until: int | None = None) -> None:
+    """Train runs that are all at one epoch (``states``: their checkpoints, or None) as one grid, to epoch
+    ``until`` (default: the end, then measure and finish each run)."""
     G, cfg = len(cfgs), cfgs[0]
-    epochs = {0 if s is None else s["epoch"] for s in states}
-    if len(epochs) != 1:
-        raise RunDirError("the runs of a grid must resume from the same epoch; train them separately "
-                          "(python -m sslnb.train --run-dir ...)")
+    until = cfg.epochs if until is None else until
     members, member_opts = [], []
     for c in cfgs:
         torch.manual_seed(c.seed)  # each run's initial weights, exactly as alone
@@ -170,7 +227,8 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end)
         member_opts.append(build_optimizer(c, members[-1].trainable_parameters()))
     prov = {**provenance(device), "world_size": 1, "dist_bn": cfg.dist_bn,
             "bn_batch": dist.bn_batch(cfg.batch_size, cfg.bn_groups, cfg.dist_bn, 1),
-            "grid": {"size": G, "runs": [p.name for p in paths]}}
+            "grid": {"size": G, "runs": [p.name for p in paths],
+                     "settings": {p.name: {k: getattr(c, k) for k in GRID_FIELDS} for c, p in zip(cfgs, paths)}}}
     start_epoch, step, walls = 0, 0, [0.0] * G
     if states[0] is not None:
         for m, s in zip(members, states):
@@ -203,56 +261,89 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end)
     bar = tqdm(total=total, initial=step, desc=f"grid of {G}: {paths[0].name}", disable=not progress,
                unit="step", dynamic_ncols=True, mininterval=1.0)
     bf16 = use_bf16(cfg, device)
-    net.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = learning_rate(cfg, epoch)
-        set_learning_rate(opt, lr)
-        randomness = {s: epoch_randomness(first_of_seed[s], n, epoch, device) for s in seeds}
-        logs: list[dict[str, list]] = [{} for _ in range(G)]
-        for b in range(n_batches):
-            idx = {s: order[b * bs:(b + 1) * bs] for s, (order, _) in randomness.items()}
-            views = {s: batch_views(data, augment, train_x[idx[s]], g_aug, net.n_views, channels_last)
-                     for s, (_, g_aug) in randomness.items()}
-            inputs = views[seeds[0]] if len(seeds) == 1 else \
-                [torch.cat([views[c.seed][v] for c in cfgs], dim=1) for v in range(net.n_views)]
-            step += 1
-            batch_logs = grid_step(grouped, members, opt, inputs, [train_y[idx[c.seed]] for c in cfgs],
-                                   [idx[c.seed] for c in cfgs], step / total, bf16)
-            for g, lg in enumerate(batch_logs):
-                for k, v in lg.items():
-                    logs[g].setdefault(k, []).append(v)
-            bar.update(1)
-        share = (time.perf_counter() - t0) / G
-        values = [{k: torch.stack(v).float().cpu().tolist() for k, v in lg.items()} for lg in logs]
-        for c, p, v in zip(cfgs, paths, values):
-            check_finite(v, c, p, epoch)
-        grouped.to_members()
-        for g, (m, c, p) in enumerate(zip(members, cfgs, paths)):
-            record, walls[g] = write_epoch(p, c, m, grouped.optimizer_state_to_member(opt, g, member_opts[g]), data,
-                                           device, epoch + 1, step, lr, values[g], share, walls[g],
-                                           time.perf_counter() - share, grid_size=G)
-            if progress:
-                bar.write(f"{p.name} epoch {epoch + 1}/{cfg.epochs}: {epoch_summary(record)}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
-    bar.close()
+    try:  # the bar ends its line before an error is printed
+        net.train()
+        for epoch in range(start_epoch, until):
+            t0 = time.perf_counter()
+            lr = learning_rate(cfg, epoch)
+            set_learning_rate(opt, lr)
+            randomness = {s: epoch_randomness(first_of_seed[s], n, epoch, device) for s in seeds}
+            logs: list[dict[str, list]] = [{} for _ in range(G)]
+            for b in range(n_batches):
+                idx = {s: order[b * bs:(b + 1) * bs] for s, (order, _) in randomness.items()}
+                views = {s: batch_views(data, augment, train_x[idx[s]], g_aug, net.n_views, channels_last)
+                         for s, (_, g_aug) in randomness.items()}
+                inputs = views[seeds[0]] if len(seeds) == 1 else \
+                    [torch.cat([views[c.seed][v] for c in cfgs], dim=1) for v in range(net.n_views)]
+                step += 1
+                batch_logs = grid_step(grouped, members, opt, inputs, [train_y[idx[c.seed]] for c in cfgs],
+                                       [idx[c.seed] for c in cfgs], step / total, bf16)
+                for g, lg in enumerate(batch_logs):
+                    for k, v in lg.items():
+                        logs[g].setdefault(k, []).append(v)
+                bar.update(1)
+            share = (time.perf_counter() - t0) / G
+            values = [{k: torch.stack(v).float().cpu().tolist() for k, v in lg.items()} for lg in logs]
+            for c, p, v in zip(cfgs, paths, values):
+                check_finite(v, c, p, epoch)
+            grouped.to_members()
+            for g, (m, c, p) in enumerate(zip(members, cfgs, paths)):  # every run's checkpoint written, then
+                record, walls[g] = write_epoch(p, c, m, grouped.optimizer_state_to_member(opt, g, member_opts[g]), data,
+                                               device, epoch + 1, step, lr, values[g], share, walls[g],
+                                               time.perf_counter() - share, checkpoint=PENDING, grid_size=G)
+                if progress:
+                    bar.write(f"{p.name} epoch {epoch + 1}/{cfg.epochs}: {epoch_summary(record)}")
+            for p in paths:  # ... committed (see rundir.settle_pending for a stop in between)
+                commit_pending(p)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+    finally:
+        bar.close()
+    if until < cfg.epochs:
+        return
     for m, c, p, w in zip(members, cfgs, paths, walls):
         finish(m, data, c, device, p, w, dict(prov))
 
 
 # ---------------------------------------------------------------------- command line
+def read_grid_configs(run_dirs: list[Path]) -> list[Config]:
+    """Each run directory's config. A directory without one (a run moved aside, to be trained again) takes
+    the config of a run that trained in a grid with it, with its own grid settings from that run's
+    ``provenance.json``; a file in the way, or a run no other run knows, is one line."""
+    known = {}
+    for d in run_dirs:
+        if d.exists() and not d.is_dir():
+            raise RunDirError(f"cannot use {d} as a run directory: a file is in the way; name a directory")
+        if (d / "config.json").exists():
+            known[d] = read_config(d / "config.json")
+    return [known[d] if d in known else _config_from_grid(d, known) for d in run_dirs]
+
+
+def _config_from_grid(run_dir: Path, known: dict[Path, Config]) -> Config:
+    for d, cfg in known.items():
+        try:
+            grid = json.loads((d / "provenance.json").read_text()).get("grid", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        settings = grid.get("settings", {}) if isinstance(grid, dict) else {}
+        if isinstance(settings.get(run_dir.name), dict):
+            return cfg.replace(**{k: v for k, v in settings[run_dir.name].items() if k in GRID_FIELDS})
+    raise RunDirError(f"{run_dir} holds no config.json, and no other run of this grid records it; train it with "
+                      f"python -m sslnb.train --run-dir {run_dir} and its settings, or give it a config.json")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sslnb.grid",
                                 description="Train run directories (each holding its config.json) as one grid.")
-    p.add_argument("run_dirs", nargs="+", help="run directories, each with a config.json")
+    p.add_argument("run_dirs", nargs="+", help="run directories, each with a config.json (a run moved aside "
+                                                "is started again from the grid's record in the others)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--wait", action="store_true", help="wait for another process that holds a run (default: refuse)")
     args = p.parse_args(argv)
     try:
-        cfgs = [read_config(Path(d) / "config.json") for d in args.run_dirs]
-        train_grid(cfgs, args.run_dirs, progress=not args.quiet, wait=args.wait)
-    except (ConfigError, DatasetUnavailable, FloatingPointError, RunDirError, FileNotFoundError) as e:
+        run_dirs = [Path(d) for d in args.run_dirs]
+        train_grid(read_grid_configs(run_dirs), run_dirs, progress=not args.quiet, wait=args.wait)
+    except (ConfigError, DatasetUnavailable, FloatingPointError, RunDirError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return getattr(e, "status", 2)
     except KeyboardInterrupt:

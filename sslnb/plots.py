@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,17 @@ def tsne_embedding(features: np.ndarray, cache: Path | None = None, perplexity: 
     Up to 3,000 points use the exact dense implementation in :mod:`sslnb.tsne`, more the grid-accelerated
     one (:func:`sslnb.tsne.tsne_fast`; ``python -m bench --only tsne`` compares it with scikit-learn).
     Two processes asking for the same cache (two chapters executing at once) compute it once: the
-    second waits on a lock file and reads the first one's result."""
+    second waits on a lock file and reads the first one's result. A cache that cannot be written (finished
+    runs on a read-only share) is read if it is there, and skipped if not: the embedding is computed."""
     if cache is None:
         return _tsne(features, perplexity, seed)
-    import fcntl
-
-    with open(cache.with_suffix(".lock"), "w") as lock:
+    if cache.exists():  # written whole by a rename: safe to read without the lock
+        return np.load(cache)
+    try:
+        lock = open(cache.with_suffix(".lock"), "w")
+    except OSError:  # a read-only run directory
+        return _tsne(features, perplexity, seed)
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if cache.exists():
             return np.load(cache)

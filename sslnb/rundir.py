@@ -5,6 +5,7 @@ A run directory holds everything about one training run::
     config.json      the full Config (the run's identity: same config, same directory name)
     metrics.jsonl    one JSON record per line: {"kind": "step", ...} and {"kind": "epoch", ...}
     checkpoint.pt    model, optimiser and progress, written atomically after every epoch
+    checkpoint.next.pt  only while a grid commits an epoch (:func:`commit_pending`): the run's next checkpoint
     features.npz     test-set features for t-SNE: h (last conv), z (FC/projection), y (labels)
     provenance.json  git commit, versions, device, threads, wall time, command
     result.json      written last: final kNN, linear probe (last and best), collapse diagnostics
@@ -20,7 +21,9 @@ directory is the user's data, so this module guards it:
 - everything a resume depends on is checked first (:func:`verify_resume`): a checkpoint or metrics
   file that is damaged, missing or from another run is named in one line with what to do, and never
   padded, cut into or overwritten. What can be recovered safely (records written after the last
-  checkpoint, a temporary file left by an interrupted write) is, with one line saying so.
+  checkpoint, a temporary file left by an interrupted write, the records of a first epoch whose
+  checkpoint was never written, a grid's epoch interrupted between its runs' checkpoints) is, with one
+  line saying so.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import Config, ConfigError, field_names
@@ -98,7 +102,7 @@ def write_error(path: Path, e: Exception) -> RunDirError:
     if isinstance(e, RuntimeError):  # torch.save's own words name its C++ source, not the cause
         cause = "the write failed (is the disk full?)"
     kept = " (the previous version is kept)" if Path(path).exists() else ""
-    return RunDirError(f"cannot write {path}: {cause}{kept}; free some space or choose a writable --run-dir, "
+    return RunDirError(f"cannot write {path}: {cause}{kept}; free some space (or train into a writable folder), "
                        f"then run the same command again", status=1)
 
 
@@ -110,6 +114,15 @@ def write_json_atomic(path: Path, obj) -> None:
 def save_atomic(path: Path, obj) -> None:
     """``torch.save(obj)`` into ``path``, atomically (same argument order as :func:`write_json_atomic`)."""
     _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def savez_atomic(path: Path, arrays: dict) -> None:
+    """``arrays`` as a compressed ``.npz`` into ``path``, atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy would add ".npz" to the temporary name
+            np.savez_compressed(f, **arrays)
+
+    _atomic(path, write)
 
 
 # ---------------------------------------------------------------------- the run's identity
@@ -192,6 +205,51 @@ def _holder(path: Path) -> str:
 
 # ---------------------------------------------------------------------- resuming
 CHECKPOINT_KEYS = {"config", "epoch", "step", "wall_s", "model", "opt", "metrics_bytes"}
+CHECKPOINT = "checkpoint.pt"
+# A grid ends an epoch in two phases: every run's new checkpoint is written beside its old one under this
+# name, then each is renamed into place (commit_pending). A grid stopped between those renames holds
+# runs at two epochs; settle_pending finishes or undoes the epoch so that they resume together.
+PENDING = "checkpoint.next.pt"
+
+
+def commit_pending(run_dir: Path) -> None:
+    """Rename ``run_dir``'s pending checkpoint into place (one atomic rename)."""
+    os.replace(Path(run_dir) / PENDING, Path(run_dir) / CHECKPOINT)
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch of the checkpoint file ``path``; None when it is missing or cannot be read as one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return int(state["epoch"]) if isinstance(state, dict) and CHECKPOINT_KEYS <= set(state) else None
+    except Exception:  # noqa: BLE001 - missing or damaged: the resume check names it if it matters
+        return None
+
+
+def settle_pending(run_dirs, say=print) -> None:
+    """Finish or undo a grid epoch that was stopped while its runs' checkpoints were committed.
+
+    If every run of the grid holds the epoch (committed, or pending and readable), the renames are
+    finished: the grid resumes after that epoch, as if it had not been stopped. Otherwise the epoch never
+    reached every run: the pending checkpoints are removed, and the records written after the committed
+    ones are dropped by :func:`verify_resume`, so the epoch is trained again, to the same numbers. One
+    line says which."""
+    run_dirs = [Path(d) for d in run_dirs]
+    pending = {d: checkpoint_epoch(d / PENDING) for d in run_dirs if (d / PENDING).exists()}
+    if not pending:
+        return
+    epoch = max((e for e in pending.values() if e is not None), default=None)
+    forward = epoch is not None and all(
+        pending.get(d) == epoch or (d not in pending and checkpoint_epoch(d / CHECKPOINT) == epoch) for d in run_dirs)
+    for d in pending:
+        commit_pending(d) if forward else (d / PENDING).unlink()
+    names = ", ".join(d.name for d in pending)
+    if forward:
+        say(f"the grid was stopped while committing its runs' checkpoints of epoch {epoch}; completed the commit "
+            f"({names})")
+    else:
+        say(f"the grid was stopped before every run had its checkpoint of epoch {epoch}; removed the pending "
+            f"ones ({names}), so that epoch is trained again")
 
 
 def _damaged(run_dir: Path, what: str) -> RunDirError:
@@ -209,6 +267,10 @@ def verify_resume(run_dir: Path, cfg: Config, map_location="cpu", say=print) -> 
     recover: a temporary file of an interrupted write, and records written after the last checkpoint.
     """
     run_dir = Path(run_dir)
+    if (run_dir / PENDING).exists():  # a lone run resumes from the newer checkpoint, once it is sound
+        _checked_checkpoint(run_dir, cfg, map_location, say, name=PENDING, trim=False)
+        commit_pending(run_dir)
+        say(f"{run_dir}: a grid was stopped while committing this run's checkpoint; it is in place now")
     state = _checked_checkpoint(run_dir, cfg, map_location, say)
     for tmp in sorted(run_dir.glob("*.tmp")):  # only once everything else is known to be sound
         tmp.unlink()
@@ -217,12 +279,16 @@ def verify_resume(run_dir: Path, cfg: Config, map_location="cpu", say=print) -> 
     return state
 
 
-def _checked_checkpoint(run_dir: Path, cfg: Config, map_location, say) -> dict | None:
-    ckpt, metrics = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
+def _checked_checkpoint(run_dir: Path, cfg: Config, map_location, say, name: str = CHECKPOINT,
+                        trim: bool = True) -> dict | None:
+    ckpt, metrics = run_dir / name, run_dir / "metrics.jsonl"
     if not ckpt.exists():
-        epochs = [r for r in _records_or_damaged(run_dir, metrics) if r.get("kind") == "epoch" and r.get("epoch")]
-        if epochs:
-            raise _damaged(run_dir, f"{ckpt} is missing, but {metrics.name} records {len(epochs)} trained epoch(s)")
+        trained = {r.get("epoch") for r in _records_or_damaged(run_dir, metrics) if r.get("epoch")}
+        if trained == {1}:  # the first checkpoint was never written (a full disk, a kill): start again
+            say(f"{run_dir}: dropped the records of epoch 1, whose checkpoint was never written; the run "
+                f"starts again from the beginning")
+        elif trained:
+            raise _damaged(run_dir, f"{ckpt} is missing, but {metrics.name} records {len(trained)} trained epoch(s)")
         return None
     try:
         state = torch.load(ckpt, map_location=map_location, weights_only=True)
@@ -254,7 +320,7 @@ def _checked_checkpoint(run_dir: Path, cfg: Config, map_location, say) -> dict |
     epochs = [r["epoch"] for r in _parse(run_dir, metrics, kept) if r.get("kind") == "epoch"]
     if not kept.endswith(b"\n") or not epochs or epochs[-1] != state["epoch"]:
         raise _damaged(run_dir, f"{metrics} does not end at epoch {state['epoch']}, where {ckpt.name} is")
-    if size > expected:
+    if size > expected and trim:
         with open(metrics, "r+b") as f:  # a record boundary, checked above
             f.truncate(expected)
         say(f"{run_dir}: dropped the records written after the last checkpoint (epoch {state['epoch']}); "
@@ -270,7 +336,11 @@ def _parse(run_dir: Path, metrics: Path, data: bytes) -> list[dict]:
 
 
 def _records_or_damaged(run_dir: Path, metrics: Path) -> list[dict]:
-    return _parse(run_dir, metrics, metrics.read_bytes()) if metrics.exists() else []
+    """Every complete record (a last line cut by an interrupted write is not one)."""
+    if not metrics.exists():
+        return []
+    data = metrics.read_bytes()
+    return _parse(run_dir, metrics, data[:data.rfind(b"\n") + 1])
 
 
 # ---------------------------------------------------------------------- metrics.jsonl

@@ -8,12 +8,14 @@ for ``sslnb.schedule``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,8 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, check_known
 from .data import steps_per_epoch
-from .rundir import finished, read_config, read_records, run_name, steps_done, write_json_atomic
+from .dist import die_with_parent
+from .rundir import RunDirError, finished, read_config, read_records, run_name, steps_done, write_json_atomic
 from .grid import plan, train_grid
 from .train import train
 
@@ -78,9 +81,20 @@ class Run:
         return xs, ys
 
     def features(self) -> dict[str, np.ndarray]:
-        """Test-set features for t-SNE: ``h`` (N, D) last conv, ``z`` (N, d) projection, ``y`` (N,) labels."""
-        with np.load(self.path / "features.npz") as f:
-            return {k: f[k] for k in f.files}
+        """Test-set features for t-SNE: ``h`` (N, D) last conv, ``z`` (N, d) projection, ``y`` (N,) labels.
+        A missing or damaged ``features.npz`` is one line naming it and what to do."""
+        path = self.path / "features.npz"
+        try:
+            with np.load(path) as f:
+                return {k: f[k] for k in ("h", "z", "y")}
+        except FileNotFoundError:
+            raise RunDirError(f"{path} is missing: the run has no features to draw; move the run aside (mv {self.path} "
+                              f"{self.path}.damaged) and run the same command again to train it again") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            text = str(e).strip().splitlines()
+            raise RunDirError(f"{path} cannot be read ({type(e).__name__}: {text[0][:80] if text else 'damaged'}); move "
+                              f"the run aside (mv {self.path} {self.path}.damaged) and run the same command again to "
+                              f"train it again") from None
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The trained model's parameters and buffers from ``checkpoint.pt``, on the CPU (loaded with
@@ -310,7 +324,8 @@ def _start(job: Job, threads: int) -> None:
     if job.devices[0] is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(job.devices)
     command = grid_command([p for _, p in job.grid]) if job.grid else train_command(job.path, job.cfg.world_size)
-    with open(job.path / "train.log", "a") as log:
-        job.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(job.path / "train.log", "a") as log:  # it stops with this process; the same command resumes it
+        job.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=functools.partial(die_with_parent, os.getpid()))
     job.started = time.time()
     job.status = "running"

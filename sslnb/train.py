@@ -26,13 +26,13 @@ from tqdm.auto import tqdm
 
 from . import dist
 from .augment import BatchAugment, seeded_generator
-from .config import Config, ConfigError, field_docs, field_help, field_names, parse_value
+from .config import PRESETS, Config, ConfigError, field_docs, field_help, field_names, parse_value
 from .data import DatasetUnavailable, batches_per_epoch, dataset_of
 from .evaluate import epoch_record, final_result
 from .methods import build_method
 from .optim import build_optimizer, learning_rate, set_learning_rate
-from .rundir import (RunDirError, claim, config_difference, finished, lock, provenance, read_records, run_name,
-                     save_atomic, verify_resume, write_error, write_json_atomic)
+from .rundir import (CHECKPOINT, RunDirError, claim, config_difference, finished, lock, provenance, read_records,
+                     run_name, save_atomic, savez_atomic, verify_resume, write_error, write_json_atomic)
 
 
 def use_channels_last(cfg: Config, device: torch.device, groups: int = 1) -> bool:
@@ -134,13 +134,13 @@ def make_run_dir(run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise RunDirError(f"cannot use {run_dir} as a run directory: a file is in the way; choose another "
-                          f"--run-dir") from None
+                          f"run directory") from None
     except OSError as e:
         raise RunDirError(f"cannot create the run directory {run_dir}: {e.strerror}; choose a writable "
-                          f"--run-dir", status=1) from None
+                          f"run directory", status=1) from None
     if not os.access(run_dir, os.W_OK):
         raise RunDirError(f"cannot write into the run directory {run_dir}: permission denied; choose a "
-                          f"writable --run-dir", status=1)
+                          f"writable run directory", status=1)
 
 
 def _train(cfg: Config, run_dir: Path, device, data, state: dict | None, progress: bool, on_epoch_end) -> None:
@@ -175,38 +175,40 @@ def _train(cfg: Config, run_dir: Path, device, data, state: dict | None, progres
     total = cfg.epochs * n_batches
     bar = tqdm(total=total, initial=step, desc=run_dir.name, disable=not progress, unit="step",
                dynamic_ncols=True, mininterval=1.0)
-    method.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = learning_rate(cfg, epoch)
-        set_learning_rate(opt, lr)
-        order, g_aug = epoch_randomness(cfg, n, epoch, device)
-        logs: dict[str, list] = {}
-        for b in range(n_batches):
-            idx = order[b * bs:(b + 1) * bs].chunk(world)[rank]  # this process's share, in rank order
-            views = batch_views(data, augment, train_x[idx], g_aug, method.n_views, channels_last)
-            step += 1
-            loss, batch_logs = train_step(method, forward, opt, views, train_y[idx], idx, step / total)
-            for k, v in batch_logs.items():  # kept as tensors: no host synchronisation per step
-                logs.setdefault(k, []).append(v)
-            bar.update(1)
-            if b % 20 == 0 and progress:
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}",
-                                img_s=f"{(b + 1) * bs / (time.perf_counter() - t0):.0f}")
-        epoch_time = time.perf_counter() - t0
-        values = {k: dist.mean(torch.stack(v).float()).cpu().tolist() for k, v in logs.items()}
-        check_finite(values, cfg, run_dir, epoch)
-        if not main:  # rank 0 evaluates and writes; the others wait for it
+    try:  # the bar ends its line before an error is printed
+        method.train()
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            lr = learning_rate(cfg, epoch)
+            set_learning_rate(opt, lr)
+            order, g_aug = epoch_randomness(cfg, n, epoch, device)
+            logs: dict[str, list] = {}
+            for b in range(n_batches):
+                idx = order[b * bs:(b + 1) * bs].chunk(world)[rank]  # this process's share, in rank order
+                views = batch_views(data, augment, train_x[idx], g_aug, method.n_views, channels_last)
+                step += 1
+                loss, batch_logs = train_step(method, forward, opt, views, train_y[idx], idx, step / total)
+                for k, v in batch_logs.items():  # kept as tensors: no host synchronisation per step
+                    logs.setdefault(k, []).append(v)
+                bar.update(1)
+                if b % 20 == 0 and progress:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}",
+                                    img_s=f"{(b + 1) * bs / (time.perf_counter() - t0):.0f}")
+            epoch_time = time.perf_counter() - t0
+            values = {k: dist.mean(torch.stack(v).float()).cpu().tolist() for k, v in logs.items()}
+            check_finite(values, cfg, run_dir, epoch)
+            if not main:  # rank 0 evaluates and writes; the others wait for it
+                dist.barrier()
+                continue
+            record, wall = write_epoch(run_dir, cfg, method, opt.state_dict(), data, device, epoch + 1, step, lr,
+                                       values, epoch_time, wall, t0)
+            if progress:
+                bar.write(f"epoch {epoch + 1}/{cfg.epochs}: {epoch_summary(record)}")
             dist.barrier()
-            continue
-        record, wall = write_epoch(run_dir, cfg, method, opt.state_dict(), data, device, epoch + 1, step, lr,
-                                   values, epoch_time, wall, t0)
-        if progress:
-            bar.write(f"epoch {epoch + 1}/{cfg.epochs}: {epoch_summary(record)}")
-        dist.barrier()
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
-    bar.close()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+    finally:
+        bar.close()
     if main:
         finish(method, data, cfg, device, run_dir, wall, prov)
 
@@ -242,11 +244,12 @@ def check_finite(values: dict[str, list], cfg: Config, run_dir: Path, epoch: int
 
 def write_epoch(run_dir: Path, cfg: Config, method, opt_state: dict, data, device, epoch: int, step: int,
                 lr: float, values: dict[str, list], epoch_s: float, wall: float, started: float,
-                **extra) -> tuple[dict, float]:
+                checkpoint: str = CHECKPOINT, **extra) -> tuple[dict, float]:
     """After epoch ``epoch`` (1-based): measure it, append its step and epoch records to ``metrics.jsonl``,
-    then write the checkpoint atomically. ``values``: the epoch's per-step logs by name; ``wall``: the
-    run's seconds before this epoch, which started at ``time.perf_counter()`` = ``started``; ``extra``:
-    more fields of the epoch record. Returns the epoch record and the run's seconds so far."""
+    then write the checkpoint atomically (into ``checkpoint``: a grid writes its runs' pending ones).
+    ``values``: the epoch's per-step logs by name; ``wall``: the run's seconds before this epoch, which
+    started at ``time.perf_counter()`` = ``started``; ``extra``: more fields of the epoch record. Returns
+    the epoch record and the run's seconds so far."""
     n_batches = len(values["loss"])
     record = {"kind": "epoch", "epoch": epoch, "lr": lr, "epoch_s": epoch_s,
               "img_per_s": n_batches * cfg.batch_size / epoch_s, **extra,
@@ -260,7 +263,7 @@ def write_epoch(run_dir: Path, cfg: Config, method, opt_state: dict, data, devic
     write_metrics(metrics_path, "a", [{"kind": "step", "epoch": epoch, "step": first + i, "lr": lr, "loss": v}
                                       for i, v in enumerate(values["loss"])] + [record])
     wall += time.perf_counter() - started
-    save_atomic(run_dir / "checkpoint.pt", {"config": cfg.to_dict(), "epoch": epoch, "step": step, "wall_s": wall,
+    save_atomic(run_dir / checkpoint, {"config": cfg.to_dict(), "epoch": epoch, "step": step, "wall_s": wall,
                                             "model": method.state_dict(), "opt": opt_state,
                                             "metrics_bytes": metrics_path.stat().st_size})
     return record, wall
@@ -283,10 +286,7 @@ def finish(method, data, cfg: Config, device, run_dir: Path, wall: float, prov: 
     epochs = [r for r in read_records(run_dir) if r["kind"] == "epoch"]
     result, features = final_result(method, data, cfg, device, epochs)
     result["final_s"] = time.perf_counter() - t0  # the final measurements' share of wall_s (the probe, features)
-    try:
-        np.savez_compressed(run_dir / "features.npz", **features)
-    except OSError as e:
-        raise write_error(run_dir / "features.npz", e) from None
+    savez_atomic(run_dir / "features.npz", features)
     result["wall_s"] = wall + time.perf_counter() - t0
     prov["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     prov["wall_s"] = result["wall_s"]
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Train one run into a run directory. Every setting below is a field of "
                             "sslnb.config.Config; the defaults shown are the dataclass's (the seed's BYOL "
                             "command), --preset changes some of them, and each flag overrides one.")
-    p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    p.add_argument("--preset", default="cpu", help=f"{' | '.join(PRESETS)} (default: cpu)")
     p.add_argument("--run-dir", help="the run directory (default: RUN_ROOT/<name from the config>)")
     p.add_argument("--run-root", default="runs", help="where runs live when --run-dir is not given")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

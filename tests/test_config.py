@@ -95,3 +95,6 @@ def test_every_setting_is_documented_in_help_and_in_the_book():
         assert d["name"] == "preset" or flag in help_text, flag
         assert f"| `{flag}` |" in page
     assert "one of digits | cifar10 | cifar100 | fashion" in " ".join(help_text.split())
+    from sslnb.config import PRESETS
+
+    assert f"{' | '.join(PRESETS)} (default: cpu)" in " ".join(help_text.split())  # laptop included

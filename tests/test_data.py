@@ -99,7 +99,15 @@ def test_fashion_mnist_reads_idx_files_and_says_how_to_get_them(tmp_path, monkey
     monkeypatch.setattr(data, "FASHION_SYSTEM", tmp_path / "not-installed")
     with pytest.raises(DatasetUnavailable, match="dataset-fashion-mnist") as e:
         load_dataset("fashion", tmp_path / "data", download=False)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "allow the download" in str(e.value)
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.FashionMNIST", offline)
+    with pytest.raises(DatasetUnavailable, match="the download failed") as e:  # it was allowed: no such advice
+        load_dataset("fashion", tmp_path / "data", download=True)
+    assert "allow the download" not in str(e.value) and "\n" not in str(e.value)
     folder = tmp_path / "data" / "fashion-mnist"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_read_only, make_writable
 
 from sslnb import book
 from sslnb.config import Config, ConfigError
 from sslnb.rundir import lock
-from sslnb.runs import find_runs, launch, missing_runs
+from sslnb.rundir import CHECKPOINT, PENDING, checkpoint_epoch, run_name
+from sslnb.runs import find_runs, launch, load_run, missing_runs
 from sslnb.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +81,37 @@ FAULTS = {
                     "the run stops; the same command resumes it (tests/test_dist.py)"),
     "nan_loss": ("the loss becomes NaN (a learning rate far too high)",
                  "one line naming the epoch and `--lr` (exit 2); the checkpoint before it is kept"),
+    "first_checkpoint": ("the disk fills up before a run's (or a grid's) first checkpoint, then runs the same command",
+                         "the run starts again, saying in one line that it dropped the records of epoch 1"),
+    "grid_killed": ("kills a grid (`python -m sslnb.grid`, or `launch`) before, between or after its runs' "
+                    "checkpoints of an epoch, or while its runs finish, then runs the same command",
+                    "every run resumes to the records of an uninterrupted grid: an epoch stopped between its runs' "
+                    "checkpoints is completed or trained again, and one line says which"),
+    "grid_disk_full": ("the disk fills up while a grid writes its runs' checkpoints",
+                       "one line naming the checkpoint and the cause (exit 1); the same command later resumes "
+                       "every run to the records of an uninterrupted grid"),
+    "grid_member_moved_aside": ("moves a damaged run of a grid aside (`mv D/s1 D/s1.damaged`), as the message "
+                                "says, and runs the same grid command",
+                                "the run starts again with its settings from the grid's record in the other runs, "
+                                "catches up with them, and the grid trains on; the moved run is untouched"),
+    "grid_wait_finished": ("`python -m sslnb.grid --wait` (or `launch`) waits for a run that another process "
+                           "finishes meanwhile",
+                           "that run is left as the other process wrote it; the others train"),
+    "grid_wait_partial": ("`python -m sslnb.grid --wait` waits for a run that another process trains partway",
+                          "the runs behind catch up with it, then the grid trains on together"),
+    "grid_same_dir": ("names one run directory twice in a grid (`D/s0 D/../D/s0`, or a symlink)",
+                      "one line naming both spellings (exit 2); nothing is written"),
+    "grid_file": ("gives a file as a grid's run directory",
+                  "one line: a file is in the way (exit 2); the file is untouched"),
+    "grid_differ": ("asks for a grid of runs that differ in a setting other than seed, BN code or temperature",
+                    "one line naming the setting and both values (exit 2)"),
+    "read_only_root": ("reads finished runs from a read-only run root (a share, a mounted folder of results)",
+                       "the chapters execute: t-SNE caches are read where they exist and computed in memory where "
+                       "not; nothing is written"),
+    "features_damaged": ("`features.npz` is cut or deleted",
+                         "the chapter stops with one line naming the file and how to move the run aside"),
+    "execute_killed": ("kills `python -m sslnb.book execute` (`kill -9`)",
+                       "its worker processes and their kernels die with it; nothing is left running"),
 }
 
 SMOKE = ["--preset", "smoke", "--device", "cpu", "--quiet"]
@@ -400,6 +433,335 @@ def test_nan_loss(tmp_path):
     assert r.returncode == 2
     one_line(r, "non-finite", "--lr")
     assert not (tmp_path / "x" / "result.json").exists() and (tmp_path / "x" / "config.json").exists()
+
+
+def test_first_checkpoint(tmp_path, reference, grid_reference):
+    run = tmp_path / "run"
+    size = (reference / "checkpoint.pt").stat().st_size
+    r = cli(*SMOKE, "--run-dir", run, limit_bytes=size // 2)
+    assert r.returncode == 1 and not (run / "checkpoint.pt").exists()
+    one_line(r, "checkpoint.pt")
+    r = cli(*SMOKE, "--run-dir", run)
+    assert r.returncode == 0, r.stderr
+    one_line(r, "dropped the records of epoch 1")
+    assert metrics(run) == metrics(reference)
+    dirs = grid_dirs(tmp_path / "grid")
+    r = cli("--quiet", *dirs, module="sslnb.grid", limit_bytes=size // 2)
+    assert r.returncode == 1
+    one_line(r, "checkpoint")
+    r = cli("--quiet", *dirs, module="sslnb.grid")
+    assert r.returncode == 0, r.stderr
+    assert_same_runs(dirs, grid_reference)
+
+
+# ---------------------------------------------------------------------- grids
+GRID = (("000", 0), ("111", 1))  # BN code and seed of each run: checkpoints of two sizes (grid_disk_full)
+
+
+def grid_cfgs() -> list[Config]:
+    return [smoke_cfg(bn_code=code, seed=seed, train_size=128) for code, seed in GRID]  # two steps an epoch
+
+
+def grid_dirs(root: Path) -> list[Path]:
+    """The grid's run directories, each with its config.json, as `python -m sslnb.grid` takes them."""
+    dirs = []
+    for i, cfg in enumerate(grid_cfgs()):
+        d = root / f"s{i}"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+        dirs.append(d)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def grid_reference(tmp_path_factory):
+    """An uninterrupted grid from the command line: what every resumed grid must equal."""
+    dirs = grid_dirs(tmp_path_factory.mktemp("grid") / "reference")
+    r = cli("--quiet", *dirs, module="sslnb.grid")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return dirs
+
+
+def result(path: Path) -> dict:
+    return {k: v for k, v in json.loads((path / "result.json").read_text()).items() if k not in ("wall_s", "final_s")}
+
+
+def assert_same_runs(dirs, reference):
+    for d, ref in zip(dirs, reference):
+        assert metrics(d) == metrics(ref), d.name
+        assert result(d) == result(ref), d.name
+        assert not (d / PENDING).exists()
+
+
+# A grid killed (SIGKILL, in a real process) at a boundary of epoch 1: ``python -c KILL_AT STOP DIR...``.
+KILL_AT = """
+import os, signal, sys
+from sslnb import grid, runs
+
+stop, how, dirs = sys.argv[1], sys.argv[2], sys.argv[3:]
+calls = []
+
+def kill_on(name, call, before):
+    real = getattr(grid, name)
+    def patched(*args, **kwargs):
+        calls.append(name)
+        if calls.count(name) == call and before:
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = real(*args, **kwargs)
+        if calls.count(name) == call and not before:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    setattr(grid, name, patched)
+
+name, call, before = {"before": ("write_epoch", 2, True),      # run 0's checkpoint written, run 1's not
+                      "between": ("commit_pending", 1, False),  # run 0's committed, run 1's pending
+                      "after": ("commit_pending", 2, False),    # both committed
+                      "finishing": ("finish", 1, False)}[stop]  # run 0 finished, run 1 not
+kill_on(name, call, before)
+if how == "grid":
+    sys.exit(grid.main(["--quiet", *dirs]))
+from sslnb.rundir import read_config
+runs.launch([read_config(os.path.join(d, "config.json")) for d in dirs], os.path.dirname(dirs[0]), progress=False)
+"""
+STOPS = ("before", "between", "after", "finishing")
+
+
+def killed_grid(dirs, stop: str, how: str = "grid") -> None:
+    r = subprocess.run([sys.executable, "-c", KILL_AT, stop, how, *map(str, dirs)], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_grid_killed(tmp_path, grid_reference, stop):
+    dirs = grid_dirs(tmp_path)
+    killed_grid(dirs, stop)
+    epochs = [(checkpoint_epoch(d / CHECKPOINT), checkpoint_epoch(d / PENDING)) for d in dirs]
+    assert epochs == {"before": [(None, 1), (None, None)], "between": [(1, None), (None, 1)],
+                      "after": [(1, None), (1, None)], "finishing": [(2, None), (2, None)]}[stop]
+    r = cli("--quiet", *dirs, module="sslnb.grid")
+    assert r.returncode == 0, r.stderr
+    if stop == "between":
+        one_line(r, "completed", "epoch 1")
+    assert_same_runs(dirs, grid_reference)
+
+
+def test_grid_killed_under_launch(tmp_path, grid_reference):
+    """``launch`` plans the interrupted grid as it was and resumes it in its first call."""
+    cfgs = grid_cfgs()
+    dirs = [tmp_path / run_name(c) for c in cfgs]
+    for d, c in zip(dirs, cfgs):
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(c.to_dict()))
+    killed_grid(dirs, "between", how="launch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the command-line grid it is compared with
+    try:
+        runs = launch(cfgs, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(run.done for run in runs)
+    assert_same_runs(dirs, grid_reference)
+
+
+def test_grid_disk_full(tmp_path, grid_reference):
+    sizes = [(d / "checkpoint.pt").stat().st_size for d in grid_reference]
+    assert sizes[0] < sizes[1]
+    dirs = grid_dirs(tmp_path)
+    r = cli("--quiet", *dirs, module="sslnb.grid", limit_bytes=(sizes[0] + sizes[1]) // 2)
+    assert r.returncode == 1  # run 0's pending checkpoint was written, run 1's could not be
+    line = one_line(r, str(dirs[1] / PENDING), "space")
+    assert "--run-dir" not in line
+    assert (dirs[0] / PENDING).exists() and not list(dirs[1].glob("*.tmp"))
+    r = cli("--quiet", *dirs, module="sslnb.grid")
+    assert r.returncode == 0, r.stderr
+    assert "trained again" in r.stderr
+    assert_same_runs(dirs, grid_reference)
+
+
+def test_grid_member_moved_aside(tmp_path, grid_reference):
+    dirs = grid_dirs(tmp_path)
+    killed_grid(dirs, "after")
+    aside = dirs[1].with_name("s1.damaged")
+    dirs[1].rename(aside)
+    before = snapshot(aside)
+    r = cli("--quiet", *dirs, module="sslnb.grid")
+    assert r.returncode == 0, r.stderr
+    assert "catching up" in r.stderr
+    assert snapshot(aside) == before
+    assert load_run(dirs[1]).config == grid_cfgs()[1] and load_run(dirs[1]).done
+    assert metrics(dirs[1])[0] == metrics(grid_reference[1])[0]  # the same untrained network, trained again
+    assert load_run(dirs[0]).done and metrics(dirs[0])[:4] == metrics(grid_reference[0])[:4]  # epoch 1 kept
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    end = time.time() + timeout
+    while not condition():
+        assert time.time() < end, "timed out"
+        time.sleep(0.1)
+
+
+def opened_by(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (a grid waiting on a run's lock has opened it)."""
+    try:
+        return any(os.path.realpath(fd) == str(path.resolve()) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def grid_waiting_for(dirs, replace_with: Path) -> subprocess.CompletedProcess:
+    """Start ``python -m sslnb.grid --wait DIRS`` while this process holds run 0 (as another trainer
+    would), and once the grid waits for it, replace run 0's files with ``replace_with``'s (what the
+    other trainer wrote) and let go."""
+    with lock(dirs[0]):
+        proc = subprocess.Popen([sys.executable, "-m", "sslnb.grid", "--quiet", "--wait", *map(str, dirs)], cwd=ROOT,
+                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: opened_by(proc.pid, dirs[0] / "lock") or proc.poll() is not None, timeout=120)
+        for f in replace_with.iterdir():
+            if f.name != "lock":
+                shutil.copy2(f, dirs[0] / f.name)
+        before = snapshot(dirs[0])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "waiting for it" in err, err
+    return before, err
+
+
+def test_grid_wait_finished(tmp_path, grid_reference):
+    dirs = grid_dirs(tmp_path)
+    before, _ = grid_waiting_for(dirs, grid_reference[0])
+    assert snapshot(dirs[0]) == before  # not finished a second time
+    assert load_run(dirs[1]).done
+
+
+def test_grid_wait_partial(tmp_path, grid_reference):
+    partial = interrupted_after_first_epoch(tmp_path / "partial", grid_cfgs()[0])  # run 0 trained to epoch 1
+    dirs = grid_dirs(tmp_path / "grid")
+    _, err = grid_waiting_for(dirs, partial)
+    assert "s1 at epoch 0: catching up to epoch 1" in err
+    assert all(load_run(d).done for d in dirs)
+    assert metrics(dirs[0])[:4] == metrics(partial)[:4]
+
+
+def test_grid_same_dir(tmp_path):
+    dirs = grid_dirs(tmp_path)
+    (tmp_path / "link").symlink_to(dirs[0])
+    for other in (tmp_path / ".." / tmp_path.name / "s0", tmp_path / "link"):
+        before = snapshot(dirs[0])
+        r = cli(dirs[0], other, module="sslnb.grid")
+        assert r.returncode == 2
+        one_line(r, str(dirs[0]), str(other), "same run directory")
+        assert snapshot(dirs[0]) == before and not (dirs[0] / "lock").exists()
+
+
+def test_grid_file(tmp_path):
+    dirs = grid_dirs(tmp_path)
+    (tmp_path / "file").write_text("mine")
+    r = cli(dirs[0], tmp_path / "file", module="sslnb.grid")
+    assert r.returncode == 2 and (tmp_path / "file").read_text() == "mine"
+    one_line(r, str(tmp_path / "file"), "a file is in the way")
+
+
+def test_grid_differ(tmp_path):
+    dirs = grid_dirs(tmp_path)
+    (dirs[1] / "config.json").write_text(json.dumps(grid_cfgs()[1].replace(lr=0.01).to_dict()))
+    r = cli(*dirs, module="sslnb.grid")
+    assert r.returncode == 2
+    one_line(r, "differ in lr", "0.01")
+
+
+# ---------------------------------------------------------------------- reading runs
+READ_RUNS = """
+import sys
+from sslnb import plots
+from sslnb.runs import find_runs
+for run in find_runs(sys.argv[1]):
+    for layer in ("z", "h"):
+        emb, y = plots.run_tsne(run, layer)
+        assert emb.shape == (len(y), 2)
+print("read", len(find_runs(sys.argv[1])))
+"""
+
+
+def test_read_only_root(tmp_path, reference, grid_reference):
+    root = tmp_path / "runs"
+    for run in (reference, *grid_reference):
+        shutil.copytree(run, root / f"{run.parent.name}-{run.name}")
+    cached = subprocess.run([sys.executable, "-c", READ_RUNS, str(root)], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert cached.returncode == 0, cached.stderr[-2000:]
+    for cache in list(root.glob("*-s1/tsne_*")):  # one run without its t-SNE caches
+        cache.unlink()
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    preexec = make_read_only(root)
+    try:
+        r = subprocess.run([sys.executable, "-c", READ_RUNS, str(root)], cwd=ROOT, env=ENV, capture_output=True,
+                           text=True, preexec_fn=preexec)
+        probe = subprocess.run([sys.executable, "-c", f"open({str(root / 'probe')!r}, 'w')"], env=ENV,
+                               capture_output=True, text=True, preexec_fn=preexec)
+    finally:
+        make_writable(root)
+    assert probe.returncode != 0 and "Permission denied" in probe.stderr  # the root really was read-only
+    assert r.returncode == 0 and "read 3" in r.stdout, r.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before  # nothing written, nothing added
+
+
+@pytest.mark.parametrize("damage", ["cut", "deleted"])
+def test_features_damaged(tmp_path, reference, damage):
+    run = Path(shutil.copytree(reference, tmp_path / "run"))
+    path = run / "features.npz"
+    path.write_bytes(path.read_bytes()[:1000]) if damage == "cut" else path.unlink()
+    from sslnb import plots
+    from sslnb.rundir import RunDirError
+
+    with pytest.raises(RunDirError) as e:
+        plots.run_tsne(load_run(run), "z")
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message and f"mv {run} {run}.damaged" in message
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (children, their children, ...), from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_execute_killed(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "sslnb.book", "execute", "--preset", "smoke", "--chapters",
+                             "01_insdis", "--run-root", tmp_path / "runs", "--stage-dir", tmp_path / "stage",
+                             "--device", "cpu"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kernels = lambda: [p for p in descendants(proc.pid)  # noqa: E731
+                       if b"ipykernel" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    try:
+        wait_for(lambda: kernels(), timeout=120)
+        below = descendants(proc.pid)
+        assert len(below) >= 2  # the worker and its kernel
+    finally:
+        proc.kill()
+        proc.wait()
+    end = time.time() + 30
+    while any(alive(p) for p in below) and time.time() < end:
+        time.sleep(0.2)
+    left = [p for p in below if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "processes left behind"
 
 
 def test_every_fault_has_a_test():

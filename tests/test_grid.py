@@ -187,6 +187,17 @@ def test_plan_puts_together_only_runs_that_differ_in_seed_bn_code_or_temperature
 
 
 def test_a_grid_of_runs_that_differ_elsewhere_is_refused_in_one_line(tmp_path):
-    with pytest.raises(ConfigError, match="cannot train as one grid") as e:
+    with pytest.raises(ConfigError, match="cannot train as one grid: they differ in lr") as e:
         train_grid([small(), small(lr=0.01)], [tmp_path / "a", tmp_path / "b"], progress=False)
     assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
+
+
+def test_runs_measured_at_different_epochs_share_a_grid(tmp_path):
+    """eval_every is not part of a run's identity or of the step: each run of a grid keeps its own."""
+    cfgs = [small(seed=0, eval_every=1), small(seed=1, eval_every=2)]
+    grids, alone = plan([(c, tmp_path / str(c.seed)) for c in cfgs])
+    assert len(grids) == 1 and not alone
+    train_grid(cfgs, [tmp_path / "0", tmp_path / "1"], progress=False)
+    for c in cfgs:
+        measured = [r["epoch"] for r in records(tmp_path / str(c.seed)) if r["kind"] == "epoch" and "knn" in r]
+        assert measured == ([0, 1, 2] if c.eval_every == 1 else [0, 2])

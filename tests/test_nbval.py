@@ -1,22 +1,37 @@
 """Every chapter also passes nbval (``pytest --nbval-lax``) at the smoke preset, run as a contributor
 would check one notebook: the parameters come from SSLNB_PRESET / SSLNB_RUN_ROOT, not from papermill.
-It reuses the runs the book fixture trained, so it costs only the chapters' own cells."""
+It reuses the runs the book fixture trained, so it costs only the chapters' own cells; they are read
+from a read-only copy (finished runs on a share, or a mounted folder of results, must be readable), with
+the t-SNE caches of some runs removed so that the chapters compute those in memory."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers import make_read_only, make_writable
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted(p.name for p in (ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_every_chapter_passes_nbval_lax_at_the_smoke_preset(executed):
+def test_every_chapter_passes_nbval_lax_at_the_smoke_preset_from_a_read_only_run_root(executed, tmp_path):
     tmp, _, _ = executed
-    env = {**os.environ, "SSLNB_PRESET": "smoke", "SSLNB_RUN_ROOT": str(tmp / "runs"), "MPLBACKEND": "agg"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", *CHAPTERS],
-                       cwd=ROOT / "book", env=env, capture_output=True, text=True)
+    runs = Path(shutil.copytree(tmp / "runs", tmp_path / "runs"))
+    caches = sorted(runs.glob("*/tsne_*.npy"))
+    assert caches  # the book's execution wrote them
+    for cache in caches[::2]:
+        cache.unlink()
+    env = {**os.environ, "SSLNB_PRESET": "smoke", "SSLNB_RUN_ROOT": str(runs), "MPLBACKEND": "agg"}
+    preexec = make_read_only(runs)
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", *CHAPTERS],
+                           cwd=ROOT / "book", env=env, capture_output=True, text=True, preexec_fn=preexec)
+    finally:
+        make_writable(runs)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", r.stdout).group(1))
     assert passed > 3 * len(CHAPTERS)  # nbval checks every code cell: many per chapter
+    assert sorted(runs.glob("*/tsne_*.npy")) == caches[1::2]  # nothing was written
