@@ -124,9 +124,9 @@ def train_grid(cfgs: list[Config], run_dirs, progress: bool = True, wait: bool =
         raise ConfigError(f"a grid needs one run directory per config ({len(cfgs)} configs, {len(run_dirs)} directories)")
     seen: dict[Path, Path] = {}
     for p in run_dirs:  # the same directory under two spellings (a/../a/s0, a symlink) is one run
-        other = seen.setdefault(p.resolve(), p)
-        if other is not p:
-            raise ConfigError(f"{other} and {p} are the same run directory; name each run of a grid once")
+        if p.resolve() in seen:
+            raise ConfigError(f"{seen[p.resolve()]} and {p} are the same run directory; name each run of a grid once")
+        seen[p.resolve()] = p
     refusal = grid_refusal(cfgs)
     if refusal:
         raise ConfigError(refusal)
