@@ -1,14 +1,14 @@
 """A grid of runs trained as one batched network: ``python -m sslnb.grid RUN_DIR [RUN_DIR ...]``.
 
-The book's studies are grids of small runs (BatchNorm codes, seeds, temperatures). Runs whose configs
-differ only in :data:`GRID_FIELDS` train in one process as one network of G groups
+The book's studies are grids of small runs (BatchNorm codes, seeds, temperatures, augmentations). Runs
+whose configs differ only in :data:`GRID_FIELDS` train in one process as one network of G groups
 (:class:`sslnb.grouped.GroupedNetwork`): each step runs every network call once, batched
 (``Method.outputs``), then each run's own loss (``Method.objective``, with its own config: its
 temperature, its memory bank), and one optimiser step whose every operation is elementwise, so each run
 moves exactly as it would alone. The G runs stay independent: the loss is their sum, and no tensor
-mixes two runs. Runs with the same seed see the same batches (common random numbers: their differences
-are not blurred by different data orders and augmentations); runs with different seeds each see their
-own, as alone.
+mixes two runs. Runs with the same seed and pipeline see the same batches (common random numbers: their
+differences are not blurred by different data orders and augmentations); the others each see their own
+(its *stream*: the batches and views it would see alone).
 
 Each run directory is written exactly as :mod:`sslnb.train` writes it (same records, same checkpoint
 format, each run resumable alone or in a grid). A run's ``epoch_s`` and ``wall_s`` are its share of the
@@ -48,9 +48,10 @@ from .train import (batch_views, check_finite, epoch_randomness, epoch_summary, 
                     use_channels_last, write_epoch, write_metrics)
 
 # The settings that may differ between the runs of one grid: each is either data of the step (the seed
-# picks the initial weights, the data order and the augmentations; the temperature enters only the loss)
-# or a per-group switch of the batched network (each BatchNorm of the BN code present or not).
-GRID_FIELDS = ("seed", "bn_code", "temperature")
+# picks the initial weights, the data order and the augmentations; the pipeline makes the views), part
+# of the run's own objective (the temperature, SimCLR's loss) or a per-group switch of the batched
+# network (each BatchNorm of the BN code present or not, its scale and shift learned or not).
+GRID_FIELDS = ("seed", "bn_code", "temperature", "augment", "simclr_loss", "bn_affine")
 # Settings each run of a grid keeps for itself without changing the step: how often it is measured, and
 # the preset's name (a label).
 PER_RUN_FIELDS = ("eval_every", "preset")
@@ -205,6 +206,34 @@ def grid_step(grouped: GroupedNetwork, members, opt, inputs, ys, idxs, progress:
     return [logs for _, logs in results]
 
 
+def stream_of(cfg: Config) -> tuple:
+    """What makes a run's batches and views: its seed (data order, augmentation draws) and its pipeline."""
+    return cfg.seed, cfg.augment
+
+
+def grid_batches(cfgs, data, train_x, train_y, epoch: int, n_batches: int, n_views: int, channels_last: bool, device):
+    """The steps of one epoch of a grid: ``(inputs, ys, idxs)`` per step, where each run gets exactly the
+    images (``idxs[g]``), labels (``ys[g]``) and views it would get alone, drawn once per stream."""
+    streams = {stream_of(c): c for c in reversed(cfgs)}  # each stream drawn by its first run's config
+    randomness = {k: epoch_randomness(c, len(train_y), epoch, device) for k, c in streams.items()}
+    augments = {k: BatchAugment.for_config(c) for k, c in streams.items()}
+    keys, bs = [stream_of(c) for c in cfgs], cfgs[0].batch_size
+    for b in range(n_batches):
+        idx = {k: order[b * bs:(b + 1) * bs] for k, (order, _) in randomness.items()}
+        views = {k: batch_views(data, augments[k], train_x[idx[k]], g_aug, n_views, channels_last)
+                 for k, (_, g_aug) in randomness.items()}
+        yield grid_inputs(views, keys), [train_y[idx[k]] for k in keys], [idx[k] for k in keys]
+
+
+def grid_inputs(views: dict, members: list) -> list[torch.Tensor]:
+    """The batched network's input from each stream's views (``views[stream]``: n_views tensors
+    (B, 3, H, W)) for runs whose streams are ``members``: one stream's views as they are, or each run's
+    views side by side on the channel axis, (B, G*3, H, W)."""
+    if len(views) == 1:
+        return next(iter(views.values()))
+    return [torch.cat([views[k][v] for k in members], dim=1) for v in range(len(views[members[0]]))]
+
+
 def split_outputs(out, groups: int, g: int):
     """Run g's part of a batched output: (B, G*f) tensors -> (B, f), in nested lists and dicts."""
     if torch.is_tensor(out):
@@ -238,9 +267,7 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end,
     else:
         for m, c, p in zip(members, cfgs, paths):
             write_metrics(p / "metrics.jsonl", "w", [{"kind": "epoch", "epoch": 0, **epoch_record(m, data, c, device)}])
-    seeds = sorted({c.seed for c in cfgs})
-    first_of_seed = {c.seed: c for c in reversed(cfgs)}  # whose seed draws the batches of that seed
-    grouped = GroupedNetwork(members, shared_input=len(seeds) == 1)
+    grouped = GroupedNetwork(members, shared_input=len({stream_of(c) for c in cfgs}) == 1)
     channels_last = use_channels_last(cfg, device, groups=G)
     net = grouped.network.to(device)
     if channels_last:
@@ -254,9 +281,7 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end,
         write_json_atomic(p / "provenance.json", prov)
 
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
-    augment = BatchAugment.for_config(cfg)
-    n, bs = len(train_y), cfg.batch_size
-    n_batches = batches_per_epoch(n, bs, cfg.bn_groups, 1)
+    n_batches = batches_per_epoch(len(train_y), cfg.batch_size, cfg.bn_groups, 1)
     total = cfg.epochs * n_batches
     bar = tqdm(total=total, initial=step, desc=f"grid of {G}: {paths[0].name}", disable=not progress,
                unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -267,17 +292,11 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end,
             t0 = time.perf_counter()
             lr = learning_rate(cfg, epoch)
             set_learning_rate(opt, lr)
-            randomness = {s: epoch_randomness(first_of_seed[s], n, epoch, device) for s in seeds}
             logs: list[dict[str, list]] = [{} for _ in range(G)]
-            for b in range(n_batches):
-                idx = {s: order[b * bs:(b + 1) * bs] for s, (order, _) in randomness.items()}
-                views = {s: batch_views(data, augment, train_x[idx[s]], g_aug, net.n_views, channels_last)
-                         for s, (_, g_aug) in randomness.items()}
-                inputs = views[seeds[0]] if len(seeds) == 1 else \
-                    [torch.cat([views[c.seed][v] for c in cfgs], dim=1) for v in range(net.n_views)]
+            for inputs, ys, idxs in grid_batches(cfgs, data, train_x, train_y, epoch, n_batches, net.n_views,
+                                                 channels_last, device):
                 step += 1
-                batch_logs = grid_step(grouped, members, opt, inputs, [train_y[idx[c.seed]] for c in cfgs],
-                                       [idx[c.seed] for c in cfgs], step / total, bf16)
+                batch_logs = grid_step(grouped, members, opt, inputs, ys, idxs, step / total, bf16)
                 for g, lg in enumerate(batch_logs):
                     for k, v in lg.items():
                         logs[g].setdefault(k, []).append(v)

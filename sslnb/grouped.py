@@ -9,7 +9,8 @@ Built from G ordinary modules whose module trees have the same paths (the runs o
 - ``BatchNorm`` -> one BatchNorm over G*C channels: BatchNorm is per channel, so each member keeps its
   own statistics (ghost chunks split the batch, as before). Where some members have no BatchNorm at
   that place (a BYOL BN code with a 0), :class:`SwitchedBatchNorm` passes their channels through
-  unchanged and pins their unused scale and shift at 1 and 0.
+  unchanged and pins their unused scale and shift at 1 and 0; where some have no learned scale and
+  shift (``bn_affine`` off), it pins theirs at 1 and 0, which is a BatchNorm without them.
 - ``Linear`` -> :class:`GroupedLinear`, G matrix products in one (B, G*in) -> (B, G*out).
 
 Every activation is (B, G*features), member-major, so containers (``Sequential``, the ResNet, the heads)
@@ -53,11 +54,13 @@ class GroupedLinear(nn.Module):
 
 
 class _Switched:
-    """A grouped BatchNorm that only some members have: the others' channels pass through unchanged.
-    ``present`` (G,) says which members have it. Same parameter names as the BatchNorm it extends."""
+    """A grouped BatchNorm that only some members have, or have with a learned scale and shift: the
+    others' channels pass through unchanged. ``present`` (G,) says which members have it, ``learned``
+    (G,) which of them learn its scale and shift. Same parameter names as the BatchNorm it extends."""
 
-    def set_present(self, present: list[bool]) -> None:
+    def set_present(self, present: list[bool], learned: list[bool] | None = None) -> None:
         self.register_buffer("present", torch.tensor(present), persistent=False)
+        self.register_buffer("learned", torch.tensor(present if learned is None else learned), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = len(self.present)
@@ -66,12 +69,13 @@ class _Switched:
 
     @torch.no_grad()
     def pin_absent(self) -> None:
-        """Hold the absent members' scale at 1 and shift at 0 (weight decay would move them): an EMA
-        target that copies them by name then stays exactly where the member's own run keeps it."""
+        """Hold the scale at 1 and shift at 0 of the members that do not learn them (weight decay would
+        move them): a member without this BatchNorm's scale and shift computes what its own run does, and
+        an EMA target that copies them by name stays exactly where the member's own run keeps it."""
         if self.affine:
-            absent = ~self.present
-            self.weight.view(len(absent), -1)[absent] = 1.0
-            self.bias.view(len(absent), -1)[absent] = 0.0
+            fixed = ~self.learned
+            self.weight.view(len(fixed), -1)[fixed] = 1.0
+            self.bias.view(len(fixed), -1)[fixed] = 0.0
 
 
 class SwitchedBatchNorm1d(_Switched, GhostBatchNorm1d):
@@ -101,15 +105,20 @@ def _grouped_leaf(mods: list[nn.Module], shared_input: bool) -> nn.Module | None
         if not all(isinstance(m, (GhostBatchNorm, nn.Identity)) for m in mods):
             raise ValueError(f"cannot batch {type(like).__name__} with {[type(m).__name__ for m in mods]}")
         present = [isinstance(m, GhostBatchNorm) for m in mods]
+        learned = [p and m.affine for p, m in zip(present, mods)]
+        if len({m.groups for m in bns}) != 1:
+            raise ValueError("members with different ghost BatchNorm groups are not batched")
+        switched = not all(present) or (any(learned) and learned != present)
         two_d = isinstance(like, GhostBatchNorm2d)
-        if all(present):
-            kind = GhostBatchNorm2d if two_d else GhostBatchNorm1d
-        else:
+        if switched:
             kind = SwitchedBatchNorm2d if two_d else SwitchedBatchNorm1d
-        bn = kind(like.num_features * g, like.groups, affine=like.affine, eps=like.eps, momentum=like.momentum)
-        if not all(present):
-            bn.set_present(present)
-        return bn.requires_grad_(like.weight.requires_grad if like.affine else False)
+        else:
+            kind = GhostBatchNorm2d if two_d else GhostBatchNorm1d
+        affine = next((m for m in bns if m.affine), None)
+        bn = kind(like.num_features * g, like.groups, affine=affine is not None, eps=like.eps, momentum=like.momentum)
+        if switched:
+            bn.set_present(present, learned)
+        return bn.requires_grad_(affine.weight.requires_grad if affine is not None else False)
     if isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)):
         raise ValueError("plain BatchNorm layers are not batched; build networks from sslnb.norm")
     return None
@@ -143,7 +152,7 @@ class GroupedNetwork:
                 self.switched.append(leaf)
             self.batched.update(f"{path}.{n}" for n, _ in leaf.named_parameters())
             self.batched.update(f"{path}.{n}" for n, _ in leaf.named_buffers()
-                                if not n.endswith(("num_batches_tracked", "present")))
+                                if not n.endswith(("num_batches_tracked", "present", "learned")))
         self.from_members()
 
     def _tensors(self) -> dict[str, torch.Tensor]:

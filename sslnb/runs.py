@@ -174,7 +174,7 @@ def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: 
     """Make sure every config has a finished run under ``run_root``; train only what is missing.
 
     Finished runs (same config, same directory) are reused as they are; interrupted ones resume from
-    their checkpoint. Missing runs that differ only in seed, BN code or temperature train as grids, each
+    their checkpoint. Missing runs that differ only in :data:`sslnb.grid.GRID_FIELDS` (seed, BN code, temperature, pipeline, ...) train as grids, each
     one batched network in one process (:mod:`sslnb.grid`; ``grid=False`` or ``SSLNB_GRID=0`` turns this
     off), the others alone. With ``jobs`` > 1 the grids and runs train in that many subprocesses at
     once, each with one thread (on a 2-core laptop two single-thread processes finish sooner than two

@@ -14,7 +14,7 @@ import torch
 
 from sslnb import dist
 from sslnb.config import Config, ConfigError
-from sslnb.grid import grid_step, plan, split_outputs, train_grid
+from sslnb.grid import grid_batches, grid_step, plan, split_outputs, stream_of, train_grid
 from sslnb.grouped import GroupedNetwork
 from sslnb.methods import build_method
 from sslnb.optim import build_optimizer
@@ -44,6 +44,12 @@ CASES = {
     "simclr-seeds-temperatures": [Config.from_preset("smoke", "simclr", seed=s, temperature=t)
                                   for s, t in ((0, 0.5), (1, 0.2), (2, 0.5))],
     "insdis-seeds": [Config.from_preset("smoke", "insdis", seed=s) for s in (0, 1)],
+    # one seed, two pipelines: each run its own views (side by side), and each SimCLR run its own loss
+    "byol-pipelines": [Config.from_preset("smoke", "byol", augment=a) for a in ("normal", "aug+")],
+    # BatchNorm with and without a learned scale and shift (and absent), in one grid
+    "byol-affine": [Config.from_preset("smoke", "byol", bn_code=c, bn_affine=a, seed=s)
+                    for c, a, s in (("011", False, 0), ("111", True, 1), ("111", False, 0))],
+    "simclr-losses": [Config.from_preset("smoke", "simclr", simclr_loss=loss) for loss in ("seed", "standard")],
     "supervised-seeds": [Config.from_preset("smoke", "supervised", seed=s) for s in (0, 1)],
 }
 
@@ -61,7 +67,7 @@ def run_steps(cfgs, steps: int, dtype=torch.float64):
     per step the largest loss and gradient differences, and at the end the largest state difference."""
     batched = members(cfgs)
     alone = [copy.deepcopy(m) for m in batched]
-    shared = len({c.seed for c in cfgs}) == 1
+    shared = len({stream_of(c) for c in cfgs}) == 1
     grouped = GroupedNetwork(batched, shared_input=shared)
     opt = build_optimizer(cfgs[0], grouped.network.trainable_parameters())
     opts = [build_optimizer(c, m.trainable_parameters()) for c, m in zip(cfgs, alone)]
@@ -115,6 +121,29 @@ def test_each_run_reads_its_own_part_of_the_batched_outputs(float64):
     own = alone.objective(alone.outputs(views))[0].item()
     assert abs(first.objective(split_outputs(out, 2, 1))[0].item() - own) < 1e-10
     assert abs(first.objective(split_outputs(out, 2, 0))[0].item() - own) > 1e-6
+
+
+def test_each_run_of_a_grid_sees_the_batches_it_would_see_alone():
+    """Runs of one stream share their views; runs of another seed or pipeline get their own, side by side."""
+    from sslnb.augment import BatchAugment
+    from sslnb.data import dataset_of
+    from sslnb.train import batch_views, epoch_randomness
+
+    cfgs = [Config.from_preset("smoke", "byol", seed=s, augment=a, bn_code=c)
+            for s, a, c in ((0, "normal", "111"), (0, "aug+", "111"), (1, "normal", "011"), (0, "normal", "000"))]
+    data = dataset_of(cfgs[0])
+    x, y = data.train.x, data.train.y
+    steps = list(grid_batches(cfgs, data, x, y, epoch=1, n_batches=2, n_views=2, channels_last=False, device="cpu"))
+    for g, c in enumerate(cfgs):
+        order, gen = epoch_randomness(c, len(y), 1, "cpu")
+        for b, (inputs, ys, idxs) in enumerate(steps):
+            idx = order[b * c.batch_size:(b + 1) * c.batch_size]
+            alone = batch_views(data, BatchAugment.for_config(c), x[idx], gen, 2, False)
+            assert torch.equal(idxs[g], idx) and torch.equal(ys[g], y[idx])
+            for v in range(2):
+                assert torch.equal(inputs[v][:, 3 * g:3 * g + 3], alone[v])
+    assert not torch.equal(steps[0][0][0][:, 0:3], steps[0][0][0][:, 3:6])  # another pipeline, other views
+    assert torch.equal(steps[0][0][0][:, 0:3], steps[0][0][0][:, 9:12])  # the same stream, the same views
 
 
 def small(method="byol", **kw):
