@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from . import dist
 from .augment import BatchAugment
 from .config import Config, ConfigError
-from .data import DatasetUnavailable, batches_per_epoch, dataset_of
+from .data import DatasetUnavailable, batches_per_epoch, dataset_of, steps_per_epoch
 from .evaluate import epoch_record
 from .grouped import GroupedNetwork
 from .methods import build_method
@@ -50,8 +50,9 @@ from .train import (batch_views, check_finite, epoch_randomness, epoch_summary, 
 # The settings that may differ between the runs of one grid: each is either data of the step (the seed
 # picks the initial weights, the data order and the augmentations; the pipeline makes the views), part
 # of the run's own objective (the temperature, SimCLR's loss) or a per-group switch of the batched
-# network (each BatchNorm of the BN code present or not, its scale and shift learned or not).
-GRID_FIELDS = ("seed", "bn_code", "temperature", "augment", "simclr_loss", "bn_affine")
+# network (each BatchNorm of the BN code present or not, its scale and shift learned or not, the ghost
+# groups it splits the batch into).
+GRID_FIELDS = ("seed", "bn_code", "temperature", "augment", "simclr_loss", "bn_affine", "bn_groups")
 # Settings each run of a grid keeps for itself without changing the step: how often it is measured, and
 # the preset's name (a label).
 PER_RUN_FIELDS = ("eval_every", "preset")
@@ -83,6 +84,9 @@ def grid_refusal(cfgs: list[Config]) -> str | None:
             if k not in GRID_FIELDS + PER_RUN_FIELDS and v != first[k]:
                 return (f"these runs cannot train as one grid: they differ in {k} ({first[k]!r} and {v!r}); a grid's "
                         f"runs may differ only in {', '.join(GRID_FIELDS)}")
+        if steps_per_epoch(c) != steps_per_epoch(cfgs[0]):  # bn_groups can drop a last, small batch
+            return (f"these runs cannot train as one grid: with bn_groups {cfgs[0].bn_groups} and {c.bn_groups} their "
+                    f"epochs have {steps_per_epoch(cfgs[0])} and {steps_per_epoch(c)} steps")
     return None
 
 
@@ -255,7 +259,6 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end,
         members.append(dist.configure_batchnorm(m, c.dist_bn, c.bn_groups).to(device))
         member_opts.append(build_optimizer(c, members[-1].trainable_parameters()))
     prov = {**provenance(device), "world_size": 1, "dist_bn": cfg.dist_bn,
-            "bn_batch": dist.bn_batch(cfg.batch_size, cfg.bn_groups, cfg.dist_bn, 1),
             "grid": {"size": G, "runs": [p.name for p in paths],
                      "settings": {p.name: {k: getattr(c, k) for k in GRID_FIELDS} for c, p in zip(cfgs, paths)}}}
     start_epoch, step, walls = 0, 0, [0.0] * G
@@ -277,8 +280,9 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end,
     opt = build_optimizer(cfg, net.trainable_parameters())
     if states[0] is not None:
         grouped.optimizer_state_from_members(opt, [s["opt"] for s in states], member_opts)
-    for p in paths:
-        write_json_atomic(p / "provenance.json", prov)
+    provs = [{**prov, "bn_batch": dist.bn_batch(c.batch_size, c.bn_groups, c.dist_bn, 1)} for c in cfgs]
+    for p, own in zip(paths, provs):
+        write_json_atomic(p / "provenance.json", own)
 
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     n_batches = batches_per_epoch(len(train_y), cfg.batch_size, cfg.bn_groups, 1)
@@ -320,8 +324,8 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end,
         bar.close()
     if until < cfg.epochs:
         return
-    for m, c, p, w in zip(members, cfgs, paths, walls):
-        finish(m, data, c, device, p, w, dict(prov))
+    for m, c, p, w, own in zip(members, cfgs, paths, walls, provs):
+        finish(m, data, c, device, p, w, own)
 
 
 # ---------------------------------------------------------------------- command line

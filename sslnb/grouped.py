@@ -10,7 +10,9 @@ Built from G ordinary modules whose module trees have the same paths (the runs o
   own statistics (ghost chunks split the batch, as before). Where some members have no BatchNorm at
   that place (a BYOL BN code with a 0), :class:`SwitchedBatchNorm` passes their channels through
   unchanged and pins their unused scale and shift at 1 and 0; where some have no learned scale and
-  shift (``bn_affine`` off), it pins theirs at 1 and 0, which is a BatchNorm without them.
+  shift (``bn_affine`` off), it pins theirs at 1 and 0, which is a BatchNorm without them; where members
+  split the batch into different numbers of ghost groups (``bn_groups``), each block of members with
+  one count is normalised with its own chunks.
 - ``Linear`` -> :class:`GroupedLinear`, G matrix products in one (B, G*in) -> (B, G*out).
 
 Every activation is (B, G*features), member-major, so containers (``Sequential``, the ResNet, the heads)
@@ -24,6 +26,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .norm import GhostBatchNorm, GhostBatchNorm1d, GhostBatchNorm2d
@@ -54,18 +57,46 @@ class GroupedLinear(nn.Module):
 
 
 class _Switched:
-    """A grouped BatchNorm that only some members have, or have with a learned scale and shift: the
-    others' channels pass through unchanged. ``present`` (G,) says which members have it, ``learned``
-    (G,) which of them learn its scale and shift. Same parameter names as the BatchNorm it extends."""
+    """A grouped BatchNorm whose members differ: only some have it (the others' channels pass through
+    unchanged), only some learn its scale and shift, or they split the batch into different numbers of
+    ghost groups. ``present`` (G,) says which members have it, ``learned`` (G,) which of them learn its
+    scale and shift, ``ghosts`` (G,) each member's ghost groups. Same parameter names as the BatchNorm it
+    extends."""
 
-    def set_present(self, present: list[bool], learned: list[bool] | None = None) -> None:
+    blocks: list[tuple[int, int, int]] | None = None  # (first channel, end channel, ghost groups) when mixed
+
+    def set_present(self, present: list[bool], learned: list[bool] | None = None, ghosts: list[int] | None = None) -> None:
         self.register_buffer("present", torch.tensor(present), persistent=False)
         self.register_buffer("learned", torch.tensor(present if learned is None else learned), persistent=False)
+        if ghosts is not None and len(set(ghosts)) > 1:  # runs of members with one count, as channel blocks
+            c, self.blocks = self.num_features // len(ghosts), []
+            for g, k in enumerate(ghosts):
+                if self.blocks and self.blocks[-1][2] == k:
+                    self.blocks[-1] = (self.blocks[-1][0], (g + 1) * c, k)
+                else:
+                    self.blocks.append((g * c, (g + 1) * c, k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._mixed_ghosts(x) if self.blocks and self.training else super().forward(x)
+        if bool(self.present.all()):
+            return y
         g = len(self.present)
         keep = self.present.repeat_interleave(x.shape[1] // g).view(1, -1, *([1] * (x.dim() - 2)))
-        return torch.where(keep, super().forward(x), x)
+        return torch.where(keep, y, x)
+
+    def _mixed_ghosts(self, x: torch.Tensor) -> torch.Tensor:
+        """Training BatchNorm of each block of channels with its own ghost groups, as GhostBatchNorm does
+        for one member (the running statistics of a block come from its first chunk)."""
+        self._check_input_dim(x)
+        self.num_batches_tracked.add_(1)
+        out = []
+        for a, b, k in self.blocks:
+            xs, w, bias = x[:, a:b], self.weight[a:b] if self.affine else None, self.bias[a:b] if self.affine else None
+            mean, var = self.running_mean[a:b], self.running_var[a:b]  # views: updated in place
+            chunks = xs.chunk(k) if k > 1 and xs.shape[0] >= 2 * k else [xs]
+            out.append(torch.cat([F.batch_norm(chunks[0], mean, var, w, bias, True, self.momentum, self.eps)]
+                                 + [F.batch_norm(c, None, None, w, bias, True, 0.0, self.eps) for c in chunks[1:]]))
+        return torch.cat(out, dim=1)
 
     @torch.no_grad()
     def pin_absent(self) -> None:
@@ -106,9 +137,8 @@ def _grouped_leaf(mods: list[nn.Module], shared_input: bool) -> nn.Module | None
             raise ValueError(f"cannot batch {type(like).__name__} with {[type(m).__name__ for m in mods]}")
         present = [isinstance(m, GhostBatchNorm) for m in mods]
         learned = [p and m.affine for p, m in zip(present, mods)]
-        if len({m.groups for m in bns}) != 1:
-            raise ValueError("members with different ghost BatchNorm groups are not batched")
-        switched = not all(present) or (any(learned) and learned != present)
+        ghosts = [m.groups if p else like.groups for p, m in zip(present, mods)]
+        switched = not all(present) or (any(learned) and learned != present) or len(set(ghosts)) > 1
         two_d = isinstance(like, GhostBatchNorm2d)
         if switched:
             kind = SwitchedBatchNorm2d if two_d else SwitchedBatchNorm1d
@@ -117,7 +147,7 @@ def _grouped_leaf(mods: list[nn.Module], shared_input: bool) -> nn.Module | None
         affine = next((m for m in bns if m.affine), None)
         bn = kind(like.num_features * g, like.groups, affine=affine is not None, eps=like.eps, momentum=like.momentum)
         if switched:
-            bn.set_present(present, learned)
+            bn.set_present(present, learned, ghosts)
         return bn.requires_grad_(affine.weight.requires_grad if affine is not None else False)
     if isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)):
         raise ValueError("plain BatchNorm layers are not batched; build networks from sslnb.norm")

@@ -49,6 +49,9 @@ CASES = {
     # BatchNorm with and without a learned scale and shift (and absent), in one grid
     "byol-affine": [Config.from_preset("smoke", "byol", bn_code=c, bn_affine=a, seed=s)
                     for c, a, s in (("011", False, 0), ("111", True, 1), ("111", False, 0))],
+    # ghost BatchNorm of 1 and 2 groups (and absent) in one grid: blocks of channels, each its own chunks
+    "byol-ghosts": [Config.from_preset("smoke", "byol", bn_code=c, bn_groups=k)
+                    for c, k in (("111", 1), ("111", 2), ("011", 1))],
     "simclr-losses": [Config.from_preset("smoke", "simclr", simclr_loss=loss) for loss in ("seed", "standard")],
     "supervised-seeds": [Config.from_preset("smoke", "supervised", seed=s) for s in (0, 1)],
 }
@@ -213,6 +216,16 @@ def test_plan_puts_together_only_runs_that_differ_in_seed_bn_code_or_temperature
     assert [p.name for _, p in alone] == ["lr", "n0", "n1"]
     grids, alone = plan(pairs, max_size=3)
     assert [len(g) for g in grids] == [3, 2, 3, 2]
+
+
+def test_runs_whose_epochs_differ_in_steps_are_refused():
+    """bn_groups may differ in a grid, unless it changes the number of steps of an epoch (a last batch too
+    small for its ghost groups is dropped)."""
+    from sslnb.grid import grid_refusal
+
+    cfgs = [Config.from_preset("smoke", "byol", train_size=66, bn_groups=k) for k in (1, 2)]  # last batch: 2
+    assert "epochs have 2 and 1 steps" in grid_refusal(cfgs)
+    assert grid_refusal([c.replace(train_size=68) for c in cfgs]) is None
 
 
 def test_a_grid_of_runs_that_differ_elsewhere_is_refused_in_one_line(tmp_path):
