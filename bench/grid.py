@@ -11,11 +11,16 @@ Two tables:
   separate runs, and the achieved FLOP/s against a matrix-product peak measured in the same run.
 - **wall**: the BatchNorm study's eight runs trained end to end (with their measurements after every
   epoch) by ``sslnb.runs.launch`` with two jobs, grids on and off, at ``--grid-epochs`` epochs.
+- **packing**: the laptop book's BYOL runs at batch 64 (BN codes, repeats, pipelines, affine off,
+  full-batch BN), one step of each, as ``launch`` packs them now (every run in two grids, one per
+  process) against the packing before grids held pipelines, ``bn_affine`` and ``bn_groups`` (the runs
+  that differ only in seed, BN code and temperature in two grids; the others alone).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections import Counter
 import shutil
 import tempfile
 import time
@@ -26,7 +31,7 @@ import torch
 from sslnb import dist
 from sslnb.config import Config
 from sslnb.experiments import BN_CODES, bn_chapter, variance_chapter
-from sslnb.grid import grid_step
+from sslnb.grid import GRID_FIELDS, grid_key, grid_step, stream_of
 from sslnb.grouped import GroupedNetwork
 from sslnb.methods import build_method
 from sslnb.optim import build_optimizer
@@ -55,8 +60,8 @@ def _steps(cfgs: list[Config], grid: bool):
     cfg, gen = cfgs[0], torch.Generator().manual_seed(0)
     n_views = 2 if cfg.method in ("byol", "simclr") else 1
     shape = (cfg.batch_size, 3, cfg.image_size, cfg.image_size)
-    seeds = sorted({c.seed for c in cfgs})
-    views = {s: [torch.randn(*shape, generator=gen) for _ in range(n_views)] for s in seeds}
+    streams = list(dict.fromkeys(stream_of(c) for c in cfgs))  # a run's views: its seed and pipeline
+    views = {k: [torch.randn(*shape, generator=gen) for _ in range(n_views)] for k in streams}
     idx = torch.arange(cfg.batch_size)
     members = _members(cfgs)
     if not grid:
@@ -65,16 +70,16 @@ def _steps(cfgs: list[Config], grid: bool):
         for m, c in zip(members, cfgs):
             m = m.to(memory_format=torch.channels_last) if cl else m
             opt = build_optimizer(c, m.trainable_parameters())
-            v = [to_memory_format(x, cl) for x in views[c.seed]]
+            v = [to_memory_format(x, cl) for x in views[stream_of(c)]]
             steps.append(lambda m=m, opt=opt, v=v: train_step(m, m, opt, v, None, idx, 0.5))
         return lambda: [s() for s in steps]
-    grouped = GroupedNetwork(members, shared_input=len(seeds) == 1)
+    grouped = GroupedNetwork(members, shared_input=len(streams) == 1)
     cl = use_channels_last(cfg, torch.device("cpu"), groups=len(cfgs))
     if cl:
         grouped.network.to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg, grouped.network.trainable_parameters())
-    inputs = views[seeds[0]] if len(seeds) == 1 else \
-        [torch.cat([views[c.seed][i] for c in cfgs], dim=1) for i in range(n_views)]
+    inputs = views[streams[0]] if len(streams) == 1 else \
+        [torch.cat([views[stream_of(c)][i] for c in cfgs], dim=1) for i in range(n_views)]
     inputs = [to_memory_format(x, cl) for x in inputs]
     return lambda: grid_step(grouped, members, opt, inputs, [None] * len(cfgs), [idx] * len(cfgs), 0.5)
 
@@ -135,6 +140,46 @@ def bench_grid_steps(quick: bool, peak: float, step_flops) -> list[dict]:
             rows.append({"grid": label, "arrangement": name, "ms per run-step": 1000 * per_run_step,
                          "speed-up": base / per_run_step, "GFLOP/s": flops / per_run_step / 1e9,
                          "% of matmul peak": 100 * flops / per_run_step / peak})
+    return rows
+
+
+def laptop_byol_batch64() -> list[Config]:
+    """The laptop book's BYOL runs at batch 64 that can share a grid (one grid key: every bn_groups)."""
+    from sslnb.experiments import all_runs
+
+    cfgs = [c for c in all_runs("laptop") if c.method == "byol" and c.batch_size == 64 and c.epochs > 0]
+    key = Counter(grid_key(c) for c in cfgs).most_common(1)[0][0]
+    return [c for c in cfgs if grid_key(c) == key]
+
+
+def bench_grid_packing(quick: bool) -> list[dict]:
+    steps = 3 if quick else 6
+    every = laptop_byol_batch64()
+    cfgs = [c for c in every if c.bn_groups == every[0].bn_groups]  # as plan() packs them (PACK_APART)
+    ghost = [c for c in every if c.bn_groups != every[0].bn_groups]
+    new_fields = [k for k in GRID_FIELDS if k not in ("seed", "bn_code", "temperature")]  # what grids hold now
+    kind = lambda c: tuple(getattr(c, k) for k in new_fields)  # noqa: E731
+    common = Counter(kind(c) for c in cfgs).most_common(1)[0][0]
+    old_grid = [c for c in cfgs if kind(c) == common]  # before, only these could share a grid
+    old_alone = [c for c in cfgs if kind(c) != common]
+    g = len(cfgs)
+    new = _concurrent(halves(cfgs), True, 1, steps)
+    old = _concurrent(halves(old_grid), True, 1, steps) + _concurrent(halves(old_alone), False, 1, steps)
+    separate = _concurrent(halves(cfgs), False, 1, steps)
+    rows = [{"laptop BYOL, batch 64": f"{g} runs", "packing": name, "ms per run-step": 1000 * wall / (steps * g),
+             "speed-up": separate / wall}
+            for name, wall in (("separate runs, 2 processes x 1 thread", separate),
+                               (f"before: grids of {'+'.join(str(len(h)) for h in halves(old_grid))}, "
+                                f"{len(old_alone)} runs alone", old),
+                               (f"now: grids of {'+'.join(str(len(h)) for h in halves(cfgs))}", new))]
+    if ghost:  # what plan() avoids: a run of another bn_groups in the grid (one process, one thread each)
+        six = cfgs[:5]
+        same = _concurrent([six + cfgs[5:6]], True, 1, steps) / (steps * 6)
+        mixed = _concurrent([six + ghost[:1]], True, 1, steps) / (steps * 6)
+        rows += [{"laptop BYOL, batch 64": "6 runs", "packing": "one grid, one bn_groups, 1 process x 1 thread",
+                  "ms per run-step": 1000 * same, "speed-up": None},
+                 {"laptop BYOL, batch 64": "6 runs", "packing": f"one grid, one of bn_groups {ghost[0].bn_groups}, "
+                  f"1 process x 1 thread", "ms per run-step": 1000 * mixed, "speed-up": None}]
     return rows
 
 

@@ -53,6 +53,10 @@ from .train import (batch_views, check_finite, epoch_randomness, epoch_summary, 
 # network (each BatchNorm of the BN code present or not, its scale and shift learned or not, the ghost
 # groups it splits the batch into).
 GRID_FIELDS = ("seed", "bn_code", "temperature", "augment", "simclr_loss", "bn_affine", "bn_groups")
+# Settings a grid can hold but plan() keeps apart, because mixing them costs more than the grid saves
+# (bench/RESULTS.md, "Packing the laptop book": one run of another ghost-group count made a grid of six
+# about 55% slower per run-step, so that run cost more inside the grid than alone).
+PACK_APART = ("bn_groups",)
 # Settings each run of a grid keeps for itself without changing the step: how often it is measured, and
 # the preset's name (a label).
 PER_RUN_FIELDS = ("eval_every", "preset")
@@ -94,8 +98,9 @@ def plan(pairs, max_size: int = MAX_GRID, parts: int = 1):
     """Split ``(config, run_dir)`` pairs into grids (lists of 2 to ``max_size`` pairs that
     :func:`train_grid` can train together) and the pairs that train alone, keeping their order. The runs
     of one possible grid are split into at least ``parts`` grids of near-equal size where each keeps two
-    runs (so that ``parts`` processes share the work). Runs at different epochs may share a grid (the
-    ones behind catch up first), so an interrupted grid is planned as it was. Returns ``(grids, alone)``."""
+    runs (so that ``parts`` processes share the work). Runs that differ in :data:`PACK_APART` are kept
+    apart. Runs at different epochs may share a grid (the ones behind catch up first), so an interrupted
+    grid is planned as it was. Returns ``(grids, alone)``."""
     groups: dict[str, list] = {}
     alone = []
     pairs = [(cfg, Path(path)) for cfg, path in pairs]
@@ -104,7 +109,7 @@ def plan(pairs, max_size: int = MAX_GRID, parts: int = 1):
         if key is None or max_size < 2:
             alone.append((cfg, path))
         else:
-            groups.setdefault(key, []).append((cfg, path))
+            groups.setdefault(key + repr([getattr(cfg, k) for k in PACK_APART]), []).append((cfg, path))
     grids = []
     for members in groups.values():
         n = len(members)

@@ -63,21 +63,18 @@ class _Switched:
     scale and shift, ``ghosts`` (G,) each member's ghost groups. Same parameter names as the BatchNorm it
     extends."""
 
-    blocks: list[tuple[int, int, int]] | None = None  # (first channel, end channel, ghost groups) when mixed
+    ghost_counts: tuple[int, ...] = ()  # the members' different ghost-group counts, when they differ
 
     def set_present(self, present: list[bool], learned: list[bool] | None = None, ghosts: list[int] | None = None) -> None:
         self.register_buffer("present", torch.tensor(present), persistent=False)
         self.register_buffer("learned", torch.tensor(present if learned is None else learned), persistent=False)
-        if ghosts is not None and len(set(ghosts)) > 1:  # runs of members with one count, as channel blocks
-            c, self.blocks = self.num_features // len(ghosts), []
-            for g, k in enumerate(ghosts):
-                if self.blocks and self.blocks[-1][2] == k:
-                    self.blocks[-1] = (self.blocks[-1][0], (g + 1) * c, k)
-                else:
-                    self.blocks.append((g * c, (g + 1) * c, k))
+        if ghosts is not None and len(set(ghosts)) > 1:  # each channel's count: its member's
+            self.ghost_counts = tuple(sorted(set(ghosts)))
+            self.register_buffer("ghosts", torch.tensor(ghosts).repeat_interleave(self.num_features // len(ghosts)),
+                                 persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._mixed_ghosts(x) if self.blocks and self.training else super().forward(x)
+        y = self._mixed_ghosts(x) if self.ghost_counts and self.training else super().forward(x)
         if bool(self.present.all()):
             return y
         g = len(self.present)
@@ -85,18 +82,25 @@ class _Switched:
         return torch.where(keep, y, x)
 
     def _mixed_ghosts(self, x: torch.Tensor) -> torch.Tensor:
-        """Training BatchNorm of each block of channels with its own ghost groups, as GhostBatchNorm does
-        for one member (the running statistics of a block come from its first chunk)."""
+        """Training BatchNorm where members split the batch into different numbers of ghost groups: every
+        count's normalisation over all channels, each channel then taking its member's (as GhostBatchNorm
+        does for one member: the running statistics come from the first chunk). Selecting whole tensors
+        is faster than normalising blocks of channels apart (measured: bench/RESULTS.md)."""
         self._check_input_dim(x)
         self.num_batches_tracked.add_(1)
-        out = []
-        for a, b, k in self.blocks:
-            xs, w, bias = x[:, a:b], self.weight[a:b] if self.affine else None, self.bias[a:b] if self.affine else None
-            mean, var = self.running_mean[a:b], self.running_var[a:b]  # views: updated in place
-            chunks = xs.chunk(k) if k > 1 and xs.shape[0] >= 2 * k else [xs]
-            out.append(torch.cat([F.batch_norm(chunks[0], mean, var, w, bias, True, self.momentum, self.eps)]
-                                 + [F.batch_norm(c, None, None, w, bias, True, 0.0, self.eps) for c in chunks[1:]]))
-        return torch.cat(out, dim=1)
+        y = mean = var = None
+        for k in self.ghost_counts:
+            rm, rv = self.running_mean.clone(), self.running_var.clone()
+            chunks = x.chunk(k) if k > 1 and x.shape[0] >= 2 * k else [x]
+            yk = torch.cat([F.batch_norm(chunks[0], rm, rv, self.weight, self.bias, True, self.momentum, self.eps)]
+                           + [F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps) for c in chunks[1:]])
+            mine = self.ghosts == k
+            y = yk if y is None else torch.where(mine.view(1, -1, *([1] * (x.dim() - 2))), yk, y)
+            mean, var = (rm, rv) if mean is None else (torch.where(mine, rm, mean), torch.where(mine, rv, var))
+        with torch.no_grad():
+            self.running_mean.copy_(mean)
+            self.running_var.copy_(var)
+        return y
 
     @torch.no_grad()
     def pin_absent(self) -> None:
@@ -182,7 +186,7 @@ class GroupedNetwork:
                 self.switched.append(leaf)
             self.batched.update(f"{path}.{n}" for n, _ in leaf.named_parameters())
             self.batched.update(f"{path}.{n}" for n, _ in leaf.named_buffers()
-                                if not n.endswith(("num_batches_tracked", "present", "learned")))
+                                if not n.endswith(("num_batches_tracked", "present", "learned", "ghosts")))
         self.from_members()
 
     def _tensors(self) -> dict[str, torch.Tensor]:

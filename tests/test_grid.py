@@ -218,6 +218,15 @@ def test_plan_puts_together_only_runs_that_differ_in_seed_bn_code_or_temperature
     assert [len(g) for g in grids] == [3, 2, 3, 2]
 
 
+def test_plan_packs_pipelines_and_affinity_together_and_ghost_counts_apart(tmp_path):
+    base = Config.from_preset("laptop", "byol", augment="aug+")
+    cfgs = [base.replace(bn_code=c) for c in ("111", "011", "000")] + [
+        base.replace(augment="normal"), base.replace(bn_code="011", bn_affine=False), base.replace(bn_groups=1),
+        base.replace(bn_groups=1, seed=1)]
+    grids, alone = plan([(c, tmp_path / str(i)) for i, c in enumerate(cfgs)])
+    assert [[p.name for _, p in g] for g in grids] == [["0", "1", "2", "3", "4"], ["5", "6"]] and not alone
+
+
 def test_runs_whose_epochs_differ_in_steps_are_refused():
     """bn_groups may differ in a grid, unless it changes the number of steps of an epoch (a last batch too
     small for its ghost groups is dropped)."""
