@@ -523,13 +523,13 @@ def killed_grid(dirs, stop: str, how: str = "grid") -> None:
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("stop", ["before", "between", "finishing"])  # "after": test_grid_member_moved_aside
+@pytest.mark.parametrize("stop", ["before", "between", "after", "finishing"])
 def test_grid_killed(tmp_path, grid_reference, stop):
     dirs = grid_dirs(tmp_path)
     killed_grid(dirs, stop)
     epochs = [(checkpoint_epoch(d / CHECKPOINT), checkpoint_epoch(d / PENDING)) for d in dirs]
     assert epochs == {"before": [(None, 1), (None, None)], "between": [(1, None), (None, 1)],
-                      "finishing": [(2, None), (2, None)]}[stop]
+                      "after": [(1, None), (1, None)], "finishing": [(2, None), (2, None)]}[stop]
     r = cli("--quiet", *dirs, module="sslnb.grid")
     assert r.returncode == 0, r.stderr
     if stop == "before":  # run 0's epoch 1 is undone: it had no checkpoint before, so it starts again
