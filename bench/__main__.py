@@ -382,7 +382,7 @@ def bench_ddp(device, quick: bool) -> None:
 
 
 def bench_grid(quick: bool, epochs: int) -> None:
-    from bench.grid import bench_grid_packing, bench_grid_steps, bench_grid_wall
+    from bench.grid import bench_grid_packing, bench_grid_sizes, bench_grid_steps, bench_grid_wall
 
     cpu = torch.device("cpu")
     peak = matmul_peak(cpu)
@@ -392,6 +392,7 @@ def bench_grid(quick: bool, epochs: int) -> None:
     table(bench_grid_wall(epochs), f"The BN study's 8 runs end to end, grids against separate runs ({device_label(cpu)})")
     table(bench_grid_packing(quick), f"The laptop book's BYOL runs at batch 64, one step each, as launch packs them "
                                      f"({device_label(cpu)})")
+    table(bench_grid_sizes(quick), f"Grid size: laptop BYOL runs at batch 64, one grid per process ({device_label(cpu)})")
 
 
 def bench_compile(quick: bool) -> None:

@@ -15,6 +15,9 @@ Two tables:
   full-batch BN), one step of each, as ``launch`` packs them now (every run in two grids, one per
   process) against the packing before grids held pipelines, ``bn_affine`` and ``bn_groups`` (the runs
   that differ only in seed, BN code and temperature in two grids; the others alone).
+- **sizes**: how large a grid should be. Two processes of one thread each (launch's arrangement on
+  two cores), each training a grid of G laptop BYOL runs (BN codes and seeds, batch 64); milliseconds per
+  run-step for G from 1 (separate runs) to 12.
 """
 
 from __future__ import annotations
@@ -180,6 +183,19 @@ def bench_grid_packing(quick: bool) -> list[dict]:
                   "ms per run-step": 1000 * same, "speed-up": None},
                  {"laptop BYOL, batch 64": "6 runs", "packing": f"one grid, one of bn_groups {ghost[0].bn_groups}, "
                   f"1 process x 1 thread", "ms per run-step": 1000 * mixed, "speed-up": None}]
+    return rows
+
+
+def bench_grid_sizes(quick: bool, sizes=(1, 2, 4, 6, 8, 12)) -> list[dict]:
+    steps = 3 if quick else 5
+    base = Config.from_preset("laptop", "byol", augment="aug+")
+    cfgs = [base.replace(bn_code=code, seed=seed) for seed in (0, 1, 2) for code in BN_CODES]
+    rows = []
+    for g in sizes:
+        wall = _concurrent([cfgs[:g], cfgs[g:2 * g]], g > 1, 1, steps)
+        per = wall / (steps * 2 * g)
+        rows.append({"runs per grid": g, "processes x threads": "2 x 1", "ms per run-step": 1000 * per,
+                     "speed-up": rows[0]["ms per run-step"] / (1000 * per) if rows else 1.0})
     return rows
 
 
