@@ -288,33 +288,51 @@ def bench_augment(device, quick: bool) -> None:
 
 
 def bench_budget(run_root: Path, preset: str = "cpu") -> None:
-    from sslnb.experiments import CHAPTERS, chapter_runs
+    """Per chapter and in total: the runs it adds, how many train in grids (as ``launch`` packs the whole
+    run list, two jobs) and alone, the FLOP they compute (``evaluate.run_flop``: training steps and
+    measurements), the minutes that takes at the fp32 matmul peak measured now on every thread, and,
+    for the runs already trained under ``run_root``, their core-minutes and the fraction of one core's
+    peak they reached."""
+    from sslnb.evaluate import run_flop
+    from sslnb.experiments import CHAPTERS, all_runs, chapter_runs
+    from sslnb.grid import plan
     from sslnb.rundir import run_name
     from sslnb.runs import load_run
 
+    cpu = torch.device("cpu")
+    peak, cores = matmul_peak(cpu), torch.get_num_threads()
+    grids, _ = plan([(c, run_name(c)) for c in all_runs(preset)], parts=2)
+    in_grid = {Path(path).name for g in grids for _, path in g}
     seen, rows = set(), []
     # Each run is counted in the first chapter that needs it, the summary page last.
     for chapter in sorted(CHAPTERS, key=lambda c: (c == "00_results", c)):
-        total, count, missing = 0.0, 0, 0
+        row = {"chapter": chapter, "new runs": 0, "in grids": 0, "alone": 0, "TFLOP": 0.0, "not trained": 0,
+               "core-minutes": 0.0, "trained TFLOP": 0.0}
         for cfg in chapter_runs(chapter, preset).values():
             name = run_name(cfg)
             if name in seen:
                 continue
             seen.add(name)
+            flop = sum(run_flop(cfg).values())
+            row["new runs"] += 1
+            row["in grids" if name in in_grid else "alone"] += 1
+            row["TFLOP"] += flop / 1e12
             path = run_root / name
-            if not (path / "result.json").exists():
-                missing += 1
-                continue
-            total += load_run(path).result.get("wall_s", 0.0)
-            count += 1
-        rows.append({"chapter": chapter, "new runs": count, "not trained": missing, "core-minutes": total / 60,
-                     "minutes with 2 jobs": total / 60 / 2})
-    rows.append({"chapter": "all", "new runs": sum(r["new runs"] for r in rows),
-                 "not trained": sum(r["not trained"] for r in rows),
-                 "core-minutes": sum(r["core-minutes"] for r in rows),
-                 "minutes with 2 jobs": sum(r["minutes with 2 jobs"] for r in rows)})
-    table(rows, f"The {preset} preset's training budget by chapter (runs under {run_root}; a run shared by "
-                "chapters is counted in the first)")
+            if (path / "result.json").exists():
+                row["core-minutes"] += load_run(path).result.get("wall_s", 0.0) / 60
+                row["trained TFLOP"] += flop / 1e12
+            else:
+                row["not trained"] += 1
+        rows.append(row)
+    total = {"chapter": "all", **{k: sum(r[k] for r in rows) for k in rows[0] if k != "chapter"}}
+    for row in [*rows, total]:
+        row["minutes at peak"] = row["TFLOP"] * 1e12 / peak / 60  # every thread busy at the matmul peak
+        core_s, trained = row.pop("core-minutes") * 60, row.pop("trained TFLOP") * 1e12
+        row["core-minutes"] = core_s / 60
+        row["% of a core's peak"] = 100 * trained / (core_s * peak / cores) if core_s else None
+    table([*rows, total], f"The {preset} preset's training budget by chapter (runs under {run_root}; a run shared by "
+                          f"chapters is counted in the first; fp32 matmul peak measured now: {peak / 1e9:,.0f} GFLOP/s "
+                          f"on {cores} threads, {device_label(cpu)})")
 
 
 def tsne_features(n: int):

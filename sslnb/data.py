@@ -23,6 +23,7 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 TRAIN_SIZES = {"digits": 3000, "cifar10": 50000, "cifar100": 50000, "fashion": 60000}
+TEST_SIZES = {"digits": 1000, "cifar10": 10000, "cifar100": 10000, "fashion": 10000}
 DATASETS = tuple(TRAIN_SIZES)  # the one list of dataset names (config validates against it)
 
 

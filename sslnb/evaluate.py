@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .augment import BatchAugment, resize_batch, seeded_generator
 from .config import Config
-from .data import ImageData, Split, dataset_of
+from .data import TEST_SIZES, TRAIN_SIZES, ImageData, Split, dataset_of, steps_per_epoch
 from .methods import Method, build_method
 
 
@@ -393,3 +393,30 @@ def step_flop(cfg: Config, num_classes: int = 10, num_train: int = 3000) -> floa
         return count("meta")
     except (NotImplementedError, RuntimeError):  # a value was needed (e.g. NCE's normaliser)
         return count("cpu")
+
+
+def embed_flop(cfg: Config, num_classes: int = 10, num_train: int = 3000) -> float:
+    """FLOP of embedding one image at ``cfg.image_size`` (``Method.embed``: what each measurement runs on
+    every train and test image), counted on the meta device as :func:`step_flop` does."""
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        method = build_method(cfg.replace(device="cpu"), num_classes, num_train).eval()
+        x = torch.rand(8, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        method.embed(x)
+    return counter.get_total_flops() / 8
+
+
+def measured_epochs(cfg: Config) -> int:
+    """How many times a run measures itself (epoch 0, every ``eval_every``-th epoch and the last)."""
+    return 1 + len({e for e in range(1, cfg.epochs + 1) if e % cfg.eval_every == 0 or e == cfg.epochs})
+
+
+def run_flop(cfg: Config) -> dict[str, float]:
+    """FLOP a run of ``cfg`` computes, counted from its config without training: ``train`` (every
+    optimiser step, :func:`step_flop`) and ``measure`` (each measurement embeds the train and test images
+    once, :func:`embed_flop`; the alignment pairs, the kNN and the final probe are left out)."""
+    n_train = min(TRAIN_SIZES[cfg.dataset], cfg.train_size or TRAIN_SIZES[cfg.dataset])
+    images = n_train + TEST_SIZES[cfg.dataset]
+    return {"train": step_flop(cfg, num_train=n_train) * steps_per_epoch(cfg) * cfg.epochs,
+            "measure": embed_flop(cfg, num_train=n_train) * images * measured_epochs(cfg)}

@@ -129,3 +129,19 @@ def test_step_flop_counts_the_method_and_scales_with_width():
     assert byol > simclr > 0  # BYOL also runs its target network
     wide = step_flop(Config.from_preset("cpu", "simclr", width=16))
     assert 3.0 < wide / simclr < 4.2  # convolutions dominate: twice the channels, about four times the work
+
+
+def test_run_flop_counts_every_step_and_every_measurement():
+    from sslnb.data import dataset_of
+    from sslnb.evaluate import embed_flop, measured_epochs, run_flop, step_flop
+
+    cfg = Config.from_preset("smoke", "byol", epochs=5, eval_every=2)
+    assert measured_epochs(cfg) == 4  # epoch 0, 2, 4 and the last, 5
+    data = dataset_of(cfg)
+    flop = run_flop(cfg)
+    steps = 5 * (len(data.train) // cfg.batch_size + (len(data.train) % cfg.batch_size >= 2 * cfg.bn_groups))
+    assert flop["train"] == steps * step_flop(cfg, num_train=len(data.train))
+    assert flop["measure"] == 4 * (len(data.train) + len(data.test)) * embed_flop(cfg)  # test size from data
+    # one image's embedding: the backbone's forward and the projector, about a sixth of a BYOL step per image
+    per_image = step_flop(cfg) / cfg.batch_size
+    assert per_image / 8 < embed_flop(cfg) < per_image / 3
