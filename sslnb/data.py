@@ -36,12 +36,16 @@ def batches_per_epoch(n: int, batch_size: int, bn_groups: int, world_size: int =
     return n // batch_size + (n % batch_size >= 2 * bn_groups)
 
 
+def train_images(cfg) -> int:
+    """How many training images a run's config uses (its dataset's, or ``train_size`` of them)."""
+    n = TRAIN_SIZES[cfg.dataset]
+    return min(n, cfg.train_size) if cfg.train_size else n
+
+
 def steps_per_epoch(cfg) -> int:
     """Optimiser steps per epoch of a run's config (any object with the Config fields), without
     loading the data: for progress bars and for placing step records on an epoch axis."""
-    n = TRAIN_SIZES[cfg.dataset]
-    n = min(n, cfg.train_size) if cfg.train_size else n
-    return batches_per_epoch(n, cfg.batch_size, cfg.bn_groups, cfg.world_size)
+    return batches_per_epoch(train_images(cfg), cfg.batch_size, cfg.bn_groups, cfg.world_size)
 
 
 class DatasetUnavailable(RuntimeError):

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .augment import BatchAugment, resize_batch, seeded_generator
 from .config import Config
-from .data import TEST_SIZES, TRAIN_SIZES, ImageData, Split, dataset_of, steps_per_epoch
+from .data import TEST_SIZES, ImageData, Split, dataset_of, steps_per_epoch, train_images
 from .methods import Method, build_method
 
 
@@ -416,7 +416,7 @@ def run_flop(cfg: Config) -> dict[str, float]:
     """FLOP a run of ``cfg`` computes, counted from its config without training: ``train`` (every
     optimiser step, :func:`step_flop`) and ``measure`` (each measurement embeds the train and test images
     once, :func:`embed_flop`; the alignment pairs, the kNN and the final probe are left out)."""
-    n_train = min(TRAIN_SIZES[cfg.dataset], cfg.train_size or TRAIN_SIZES[cfg.dataset])
+    n_train = train_images(cfg)
     images = n_train + TEST_SIZES[cfg.dataset]
     return {"train": step_flop(cfg, num_train=n_train) * steps_per_epoch(cfg) * cfg.epochs,
             "measure": embed_flop(cfg, num_train=n_train) * images * measured_epochs(cfg)}

@@ -168,9 +168,8 @@ def _unfinished(cfgs, run_dirs) -> list[tuple[Config, Path]]:
     for cfg, path in zip(cfgs, run_dirs):
         if not finished(path):
             todo.append((cfg, path))
-        elif config_difference(path, cfg):
-            raise ConfigError(f"{path} holds a run with a different config ({config_difference(path, cfg)}); "
-                              f"choose another run directory")
+        elif diff := config_difference(path, cfg):
+            raise ConfigError(f"{path} holds a run with a different config ({diff}); choose another run directory")
     return todo
 
 

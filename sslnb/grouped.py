@@ -11,8 +11,8 @@ Built from G ordinary modules whose module trees have the same paths (the runs o
   that place (a BYOL BN code with a 0), :class:`SwitchedBatchNorm` passes their channels through
   unchanged and pins their unused scale and shift at 1 and 0; where some have no learned scale and
   shift (``bn_affine`` off), it pins theirs at 1 and 0, which is a BatchNorm without them; where members
-  split the batch into different numbers of ghost groups (``bn_groups``), each block of members with
-  one count is normalised with its own chunks.
+  split the batch into different numbers of ghost groups (``bn_groups``), each channel takes the
+  normalisation with its member's chunks.
 - ``Linear`` -> :class:`GroupedLinear`, G matrix products in one (B, G*in) -> (B, G*out).
 
 Every activation is (B, G*features), member-major, so containers (``Sequential``, the ResNet, the heads)

@@ -87,14 +87,12 @@ class Run:
         try:
             with np.load(path) as f:
                 return {k: f[k] for k in ("h", "z", "y")}
-        except FileNotFoundError:
-            raise RunDirError(f"{path} is missing: the run has no features to draw; move the run aside (mv {self.path} "
-                              f"{self.path}.damaged) and run the same command again to train it again") from None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             text = str(e).strip().splitlines()
-            raise RunDirError(f"{path} cannot be read ({type(e).__name__}: {text[0][:80] if text else 'damaged'}); move "
-                              f"the run aside (mv {self.path} {self.path}.damaged) and run the same command again to "
-                              f"train it again") from None
+            why = ("is missing: the run has no features to draw" if isinstance(e, FileNotFoundError) else
+                   f"cannot be read ({type(e).__name__}: {text[0][:80] if text else 'damaged'})")
+            raise RunDirError(f"{path} {why}; move the run aside (mv {self.path} {self.path}.damaged) and run the "
+                              f"same command again to train it again") from None
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The trained model's parameters and buffers from ``checkpoint.pt``, on the CPU (loaded with
@@ -174,9 +172,9 @@ def launch(configs, run_root: str | Path = "runs", progress: bool = True, jobs: 
     """Make sure every config has a finished run under ``run_root``; train only what is missing.
 
     Finished runs (same config, same directory) are reused as they are; interrupted ones resume from
-    their checkpoint. Missing runs that differ only in :data:`sslnb.grid.GRID_FIELDS` (seed, BN code, temperature, pipeline, ...) train as grids, each
-    one batched network in one process (:mod:`sslnb.grid`; ``grid=False`` or ``SSLNB_GRID=0`` turns this
-    off), the others alone. With ``jobs`` > 1 the grids and runs train in that many subprocesses at
+    their checkpoint. Missing runs that differ only in :data:`sslnb.grid.GRID_FIELDS` (seed, BN code,
+    temperature, pipeline, ...) train as grids, each one batched network in one process
+    (:mod:`sslnb.grid`; ``grid=False`` or ``SSLNB_GRID=0`` turns this off), the others alone. With ``jobs`` > 1 the grids and runs train in that many subprocesses at
     once, each with one thread (on a 2-core laptop two single-thread processes finish sooner than two
     two-thread ones one after the other), with one progress bar each. Returns the runs in the order of
     ``configs``.
