@@ -51,8 +51,9 @@ from .train import (batch_views, check_finite, epoch_randomness, epoch_summary, 
 # picks the initial weights, the data order and the augmentations; the pipeline makes the views), part
 # of the run's own objective (the temperature, SimCLR's loss) or a per-group switch of the batched
 # network (each BatchNorm of the BN code present or not, its scale and shift learned or not, the ghost
-# groups it splits the batch into).
-GRID_FIELDS = ("seed", "bn_code", "temperature", "augment", "simclr_loss", "bn_affine", "bn_groups")
+# groups it splits the batch into) or of its after-step update (BYOL's EMA rate and its schedule).
+GRID_FIELDS = ("seed", "bn_code", "temperature", "augment", "simclr_loss", "bn_affine", "bn_groups", "ema",
+               "ema_schedule")
 # Settings a grid can hold but plan() keeps apart, because mixing them costs more than the grid saves
 # (bench/RESULTS.md, "Packing the laptop book": one run of another ghost-group count made a grid of six
 # about 55% slower per run-step, so that run cost more inside the grid than alone).
@@ -207,7 +208,7 @@ def grid_step(grouped: GroupedNetwork, members, opt, inputs, ys, idxs, progress:
     opt.step()
     grouped.pin()
     if net.after_step_on == "network":
-        net.after_step(progress)
+        net.after_step(progress, members)
     else:
         for m in members:
             m.after_step(progress)

@@ -52,6 +52,9 @@ CASES = {
     # ghost BatchNorm of 1 and 2 groups (and absent) in one grid: blocks of channels, each its own chunks
     "byol-ghosts": [Config.from_preset("smoke", "byol", bn_code=c, bn_groups=k)
                     for c, k in (("111", 1), ("111", 2), ("011", 1))],
+    # each run its own EMA rate (and schedule) on its part of the batched target network
+    "byol-ema": [Config.from_preset("smoke", "byol", ema=m, ema_schedule=k, seed=s)
+                 for m, k, s in ((0.99, "fixed", 0), (0.9, "fixed", 1), (0.9, "cos", 2))],
     "simclr-losses": [Config.from_preset("smoke", "simclr", simclr_loss=loss) for loss in ("seed", "standard")],
     "supervised-seeds": [Config.from_preset("smoke", "supervised", seed=s) for s in (0, 1)],
 }

@@ -50,8 +50,10 @@ class Method(nn.Module):
         return list(self.parameters())
 
     @torch.no_grad()
-    def after_step(self, progress: float) -> None:
-        """State changes after the optimiser step (EMA target, memory bank); ``progress`` in [0, 1]."""
+    def after_step(self, progress: float, members: list["Method"] | None = None) -> None:
+        """State changes after the optimiser step (EMA target, memory bank); ``progress`` in [0, 1].
+        ``members``: on a grid's batched network, the runs' own methods, for the settings each run keeps
+        for itself (BYOL's EMA rate)."""
 
     def knn_banks(self) -> dict[str, torch.Tensor]:
         """Extra train-side features (N_train, d) that the test projections z are kNN-matched against

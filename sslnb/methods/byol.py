@@ -32,8 +32,11 @@ def predictor(cfg: Config, bn: bool) -> MLP:
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, m: float) -> list[str]:
+def ema_update(target: nn.Module, online: nn.Module, m: float | torch.Tensor) -> list[str]:
     """``target <- m * target + (1 - m) * online`` for every parameter whose name and shape match.
+
+    ``m`` is one rate, or (G,) rates for a grid's batched network (:mod:`sslnb.grouped`): member g's
+    rate on its part ``g*n:(g+1)*n`` of every parameter's first axis.
 
     Returns the names of target parameters left untouched. When the online and target heads differ
     (BN1 != BN3) the extra BN's scale and shift have no counterpart: the seed matched by name too, so in
@@ -47,7 +50,11 @@ def ema_update(target: nn.Module, online: nn.Module, m: float) -> list[str]:
         if o is None or o.shape != t.shape:
             untouched.append(name)
             continue
-        t.lerp_(o, 1 - m)
+        if torch.is_tensor(m):  # each member its own weight, broadcast over its block of the first axis
+            w = (1 - m).to(t.dtype).repeat_interleave(t.shape[0] // len(m))
+            t.lerp_(o, w.view(-1, *([1] * (t.dim() - 1))))
+        else:
+            t.lerp_(o, 1 - m)
     return untouched
 
 
@@ -105,5 +112,10 @@ class BYOL(Method):
         return self.cfg.ema
 
     @torch.no_grad()
-    def after_step(self, progress: float) -> None:
-        ema_update(self.target, self.online, self.ema_momentum(progress))
+    def after_step(self, progress: float, members: list[Method] | None = None) -> None:
+        rates = {m.ema_momentum(progress) for m in members or [self]}
+        if len(rates) == 1:
+            ema_update(self.target, self.online, rates.pop())
+        else:  # a grid of runs with different EMA rates or schedules
+            ema_update(self.target, self.online,
+                       torch.tensor([m.ema_momentum(progress) for m in members], dtype=torch.float64))
