@@ -197,6 +197,59 @@ def mean_and_interval(values, confidence: float = 0.95) -> dict[str, float]:
     return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
+def difference_and_interval(a, b, confidence: float = 0.95) -> dict[str, float]:
+    """How much condition ``a`` beats condition ``b`` (repeated runs of each, e.g. linear accuracy per
+    seed): ``diff`` = mean(a) - mean(b) with Welch's t confidence interval (each condition its own
+    variance; degrees of freedom by Welch-Satterthwaite). Needs two runs of each."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"a difference with its interval needs at least two runs of each condition "
+                         f"(got {len(a)} and {len(b)})")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff, se = float(a.mean() - b.mean()), math.sqrt(va + vb)
+    if se == 0:  # identical runs: no noise measured, the interval is the point
+        return {"diff": diff, "se": 0.0, "df": float(len(a) + len(b) - 2), "ci_low": diff, "ci_high": diff}
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return {"diff": diff, "se": se, "df": float(df), "ci_low": diff - half, "ci_high": diff + half}
+
+
+def difference_verdict(diff: dict[str, float]) -> str:
+    """The verdict on a :func:`difference_and_interval`: ``"higher"`` or ``"lower"`` when the interval
+    lies on one side of zero (a difference beyond the noise), ``"within the noise"`` when it holds zero."""
+    if diff["ci_low"] > 0:
+        return "higher"
+    if diff["ci_high"] < 0:
+        return "lower"
+    return "within the noise"
+
+
+def power_of(seeds: int, difference: float, std: float, alpha: float = 0.05) -> float:
+    """The chance that a two-sided two-sample t-test at level ``alpha``, with ``seeds`` runs of each of two
+    conditions whose runs vary by ``std``, finds a true ``difference`` (noncentral t distribution)."""
+    if seeds < 2:
+        return 0.0
+    df = 2 * seeds - 2
+    shift = abs(difference) / (std * math.sqrt(2 / seeds))
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(crit, df, shift) + stats.nct.cdf(-crit, df, shift))
+
+
+def seeds_needed(difference: float, std: float, alpha: float = 0.05, power: float = 0.8, most: int = 10_000) -> int:
+    """How many seeds of each condition detect a true ``difference`` (points) between two conditions
+    whose runs vary by ``std`` (points) with probability ``power``, two-sided at level ``alpha``
+    (:func:`power_of`). ``most`` + 1 when even ``most`` seeds would not."""
+    if std <= 0 or not math.isfinite(std):
+        raise ValueError(f"the runs' standard deviation must be a positive number, not {std}")
+    lo, hi = 2, most
+    if power_of(hi, difference, std, alpha) < power:
+        return most + 1
+    while lo < hi:  # power grows with the seeds: the first count that reaches it
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if power_of(mid, difference, std, alpha) < power else (lo, mid)
+    return lo
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches) -> nn.Module:
     """Recompute every BatchNorm's running mean and variance as the average over ``batches`` (an
@@ -337,6 +390,14 @@ def collapse_kind(result: dict, repeats: list[dict]) -> str:
     if collapsed(result):
         return "complete"
     return "partial" if rank_below_repeats(result, repeats) else "no"
+
+
+def collapse_tally(kinds: list[str]) -> str:
+    """A setting's verdict over its seeds, from each run's :func:`collapse_kind`: ``"2 of 3 seeds
+    collapse (complete 1, partial 1)"`` or ``"0 of 3 seeds collapse"``."""
+    hit = [k for k in kinds if k != "no"]
+    detail = ", ".join(f"{k} {hit.count(k)}" for k in ("complete", "partial") if k in hit)
+    return f"{len(hit)} of {len(kinds)} seed{'s' if len(kinds) != 1 else ''} collapse" + (f" ({detail})" if detail else "")
 
 
 def negative_gradient_share(z1: torch.Tensor, z2: torch.Tensor, temperature: float, anchor: int = 0) -> np.ndarray:
