@@ -22,8 +22,8 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
-TRAIN_SIZES = {"digits": 3000, "cifar10": 50000, "cifar100": 50000, "fashion": 60000}
-TEST_SIZES = {"digits": 1000, "cifar10": 10000, "cifar100": 10000, "fashion": 10000}
+TRAIN_SIZES = {"digits": 3000, "cifar10": 50000, "cifar100": 50000, "fashion": 60000, "fashion-canvas": 60000}
+TEST_SIZES = {"digits": 1000, "cifar10": 10000, "cifar100": 10000, "fashion": 10000, "fashion-canvas": 10000}
 DATASETS = tuple(TRAIN_SIZES)  # the one list of dataset names (config validates against it)
 
 
@@ -92,7 +92,8 @@ class ImageData:
 
 def load_dataset(name: str, root: str | Path = "data", download: bool = True, train_size: int = 0,
                  digits_style: dict | None = None) -> ImageData:
-    """Load ``digits``, ``cifar10``, ``cifar100`` or ``fashion`` (Fashion-MNIST). ``train_size`` > 0 keeps
+    """Load ``digits``, ``cifar10``, ``cifar100``, ``fashion`` (Fashion-MNIST) or ``fashion-canvas`` (its items
+    placed at a random size and position on a larger canvas, :func:`fashion_canvas`). ``train_size`` > 0 keeps
     a fixed random subset; ``digits_style`` overrides entries of ``DIGITS_STYLE`` (the embedded digits only)."""
     if name == "digits":
         data = make_digits(**(digits_style or {}))
@@ -100,6 +101,8 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = True, tr
         data = load_cifar(name, Path(root), download)
     elif name == "fashion":
         data = load_fashion(Path(root), download)
+    elif name == "fashion-canvas":
+        data = fashion_canvas(load_fashion(Path(root), download))
     else:
         raise ValueError(f"dataset={name!r} is not allowed; choose one of: {', '.join(DATASETS)}")
     if 0 < train_size < len(data.train):
@@ -240,6 +243,48 @@ def load_fashion(root: Path, download: bool = True) -> ImageData:
     grey = train.x[:, 0].float().div(255)
     mean, std = (grey.mean().item(),) * 3, (grey.std().item(),) * 3
     return ImageData("fashion", train, test, list(FASHION_CLASSES), mean, std)
+
+
+# Fashion-MNIST's items at a random size and position on a larger black canvas: the variation between two
+# photos of one object that augmentations teach a network to ignore. Raw pixels compare images point by
+# point, so a shifted or resized item no longer matches its class's other images (issue 25 measures how
+# much this costs pixels and how much each method recovers).
+CANVAS = dict(size=32, scale=(0.5, 0.9), seed=0)
+
+
+def fashion_canvas(data: ImageData, size: int = CANVAS["size"], scale=CANVAS["scale"], seed: int = CANVAS["seed"]) -> ImageData:
+    """Each image of ``data`` (Fashion-MNIST) redrawn on a ``size`` x ``size`` black canvas, its item's side
+    a random fraction ``scale`` of the canvas and its position random inside it (bilinear, one draw per
+    image from ``seed``: the same tensors on every machine). Train and test stay Fashion-MNIST's own,
+    disjoint splits. ``meta`` holds each image's ``scale``, ``x`` and ``y`` (the item's centre in [-1, 1])."""
+    rng = np.random.default_rng(seed)
+    train, train_params = _place(data.train, size, scale, rng)
+    test, test_params = _place(data.test, size, scale, rng)
+    grey = train.x[:, 0].float().div(255)
+    mean, std = (grey.mean().item(),) * 3, (grey.std().item(),) * 3
+    return ImageData("fashion-canvas", train, test, data.classes, mean, std,
+                     meta={"canvas": {"size": size, "scale": tuple(scale), "seed": seed},
+                           "train_params": train_params, "test_params": test_params})
+
+
+def _place(split: Split, size: int, scale, rng: np.random.Generator) -> tuple[Split, dict]:
+    """The images of ``split`` (N, 3, h, w) uint8, grey, each scaled to a random ``scale`` of a ``size``
+    canvas and placed at a random position inside it."""
+    n, h = len(split), split.x.shape[-1]
+    item = F.pad(split.x[:, :1].float().div(255), (1, 1, 1, 1))  # a zero border to sample into
+    frac = torch.from_numpy(rng.uniform(*scale, size=n).astype(np.float32))
+    room = 1 - frac  # keep the item inside the canvas
+    tx = torch.from_numpy(rng.uniform(-1, 1, size=n).astype(np.float32)) * room
+    ty = torch.from_numpy(rng.uniform(-1, 1, size=n).astype(np.float32)) * room
+    zoom = h / (h + 2) / frac  # canvas coordinates -> bordered item coordinates (the item spans 2 * frac)
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([zoom, zero, -zoom * tx], 1), torch.stack([zero, zoom, -zoom * ty], 1)], 1)
+    x = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    for a in range(0, n, 10000):  # in slices: the sampling grid of 60,000 canvases is large
+        grid = F.affine_grid(theta[a:a + 10000], (len(theta[a:a + 10000]), 1, size, size), align_corners=False)
+        ink = F.grid_sample(item[a:a + 10000], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x[a:a + 10000] = (ink.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    return Split(x, split.y.clone()), {"scale": frac.numpy(), "x": tx.numpy(), "y": ty.numpy()}
 
 
 # ---------------------------------------------------------------------- the embedded digits

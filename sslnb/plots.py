@@ -252,12 +252,47 @@ def compute_map_summary(rows: list[dict], threshold: float = 10.0) -> list[dict]
     return out
 
 
+def frontier_summary(rows: list[dict], margin: float | None = None) -> list[dict]:
+    """The map's second frontier: one row per point and method, with raw pixels, the *stronger* of the two
+    untrained references (plain or BatchNorm-calibrated, per seed) and each method's smallest gain over
+    both across its seeds. ``verdict`` is the book's own bar (:func:`~sslnb.evaluate.compare_with_references`
+    by ``margin`` points, default ``CLEAR_MARGIN``) met on every seed: ``"beats both"`` (two seeds or more),
+    ``"beats the untrained network"``, ``"neither"``; supervised rows (how much the images allow) are
+    ``"reference"``."""
+    from .evaluate import CLEAR_MARGIN, compare_with_references
+
+    margin = CLEAR_MARGIN if margin is None else margin
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["point"], r["method"]), []).append(r)
+    out = []
+    for (point, method), rs in groups.items():
+        stronger = [max(r["untrained_knn"], r["untrained_knn_calibrated"]) for r in rs]
+        kinds = [compare_with_references(r["knn_final"], u, r["raw_pixel_knn"], margin) for r, u in zip(rs, stronger)]
+        if method == "supervised":
+            verdict = "reference"
+        elif len(rs) >= 2 and all(k == "both" for k in kinds):
+            verdict = "beats both"
+        elif len(rs) >= 2 and all(k in ("both", "untrained") for k in kinds):
+            verdict = "beats the untrained network"
+        else:
+            verdict = "neither" if len(rs) >= 2 else "one seed: no verdict"
+        out.append({"point": point, "method": method, "seeds": len(rs), "dataset": rs[0]["dataset"],
+                    "images": rs[0]["train_images"], "batch": rs[0].get("batch_size"), "steps": rs[0]["steps"],
+                    "PFLOP": rs[0]["train_flop"] / 1e15, "kNN": float(np.mean([r["knn_final"] for r in rs])),
+                    "raw pixels": rs[0]["raw_pixel_knn"], "stronger untrained": float(np.mean(stronger)),
+                    "smallest gain vs pixels": min(r["knn_final"] - r["raw_pixel_knn"] for r in rs),
+                    "smallest gain vs untrained": min(r["knn_final"] - u for r, u in zip(rs, stronger)),
+                    "verdict": verdict})
+    return out
+
+
 def compute_map(axes, rows: list[dict], threshold: float = 10.0) -> None:
     """The map: each run's kNN gain over the calibrated untrained network against its training compute
     (FLOP, log scale; left) and against the core-hours it took (right); one colour per method, one
     marker per dataset, the ``threshold`` as a dashed line and no gain as a dotted one."""
-    markers = {"digits": "o", "fashion": "s", "cifar10": "^", "cifar100": "v"}
-    colours = {"byol": "C3", "simclr": "C0"}
+    markers = {"digits": "o", "fashion": "s", "fashion-canvas": "D", "cifar10": "^", "cifar100": "v"}
+    colours = {"byol": "C3", "simclr": "C0", "supervised": "C2"}
     axes = np.atleast_1d(axes)
     for ax, key, label in zip(axes, ("train_flop", "core_hours"),
                               ("training compute (FLOP)", "core-hours on the machine that ran it")):

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError, field_names
-from .data import DIGITS_VERSION
+from .data import CANVAS, DIGITS_VERSION
 
 
 class RunDirError(RuntimeError):
@@ -70,6 +70,8 @@ def run_name(cfg: Config) -> str:
              if k not in NOT_IDENTITY and v != getattr(default, k)}
     if cfg.dataset == "digits":  # a new rendering of the embedded dataset is a new run
         ident["digits_version"] = DIGITS_VERSION
+    if cfg.dataset == "fashion-canvas":  # so is a new canvas
+        ident["canvas"] = CANVAS
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     parts = [cfg.method, cfg.dataset]
     if cfg.method == "byol":

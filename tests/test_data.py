@@ -120,3 +120,41 @@ def test_fashion_mnist_reads_idx_files_and_says_how_to_get_them(tmp_path, monkey
     assert fashion.train.y.tolist() == [i % 10 for i in range(12)] and fashion.num_classes == 10
     x = data.read_idx(folder / "train-images-idx3-ubyte.gz")
     assert torch.equal(torch.from_numpy(x.copy()), fashion.train.x[:, 1])
+
+
+def test_the_fashion_canvas_places_each_item_whole_at_its_recorded_size_and_place(tmp_path, monkeypatch):
+    """Each canvas holds its item whole (the ink it carries is the item's, scaled by its area), centred
+    where ``meta`` says, the same on every call; raw pixels stop lining up with the class (the point of
+    the dataset)."""
+    import sslnb.data as data
+
+    monkeypatch.setattr(data, "FASHION_SYSTEM", tmp_path / "not-installed")
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    n_train, n_test = 200, 100
+    ys = [np.arange(n) % 2 for n in (n_train, n_test)]
+    for split, y in zip(("train", "t10k"), ys):  # two classes: a square at the top left, one at the bottom right
+        x = np.zeros((len(y), 28, 28))
+        x[y == 0, 2:9, 2:9], x[y == 1, 19:26, 19:26] = 255, 255
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", x)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y)
+    plain = load_dataset("fashion", tmp_path / "data", download=False)
+    canvas = load_dataset("fashion-canvas", tmp_path / "data", download=False)
+    again = load_dataset("fashion-canvas", tmp_path / "data", download=False)
+    assert canvas.name == "fashion-canvas" and canvas.train.x.shape == (n_train, 3, 32, 32)
+    assert torch.equal(canvas.train.x, again.train.x) and torch.equal(canvas.test.y, plain.test.y)
+    p = canvas.meta["train_params"]
+    assert p["scale"].min() >= 0.5 and p["scale"].max() <= 0.9
+    ink = canvas.train.x[:, 0].double().sum((1, 2)) / 255
+    expected = torch.from_numpy(plain.train.x[:, 0].double().sum((1, 2)).numpy() / 255 * (32 * p["scale"] / 28) ** 2)
+    ratio = ink / expected  # bilinear sampling of thin bars aliases: each image within 20%, on average 3%
+    assert (ratio - 1).abs().max() < 0.2 and abs(ratio.mean() - 1) < 0.03  # nothing cut off at an edge
+    def centre(x):  # the ink's mean column index
+        x = x[:, 0].double()
+        return ((x.sum(1) * torch.arange(x.shape[-1], dtype=torch.float64)).sum(1) / x.sum((1, 2))).numpy()
+
+    item_x = (p["x"] + 1) * 16 - 0.5 + (32 * p["scale"] / 28) * (centre(plain.train.x) + 0.5 - 14)
+    assert np.abs(centre(canvas.train.x) - item_x).max() < 0.5
+    pixels = [knn_accuracy(pixel_features(d.train, 16), d.train.y, pixel_features(d.test, 16), d.test.y, 2, k=20)
+              for d in (plain, canvas)]
+    assert pixels[0] == 100.0 and pixels[1] < pixels[0]
