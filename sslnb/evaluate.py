@@ -224,6 +224,24 @@ def difference_verdict(diff: dict[str, float]) -> str:
     return "within the noise"
 
 
+def compare_conditions(a, b, label_a: str, label_b: str, theirs: float | None = None,
+                       unit: str = "points") -> dict:
+    """A comparison a chapter draws, answered from the runs: ``a`` and ``b`` are the per-seed values of
+    two conditions (e.g. linear accuracy of codes 111 and 011), ``theirs`` the seed's reported difference
+    a - b. Returns :func:`difference_and_interval`'s numbers, the ``verdict`` (:func:`difference_verdict`)
+    and a one-sentence ``text`` saying all of it, ready for a chapter's Markdown."""
+    d = difference_and_interval(a, b)
+    verdict = difference_verdict(d)
+    said = {"higher": f"{label_a} is higher, beyond the noise", "lower": f"{label_a} is lower, beyond the noise",
+            "within the noise": "the difference is within the noise"}[verdict]
+    text = (f"{label_a} against {label_b}: {d['diff']:+.1f} {unit} (95% interval {d['ci_low']:+.1f} to "
+            f"{d['ci_high']:+.1f}; {len(a)} and {len(b)} seeds): {said}")
+    if theirs is not None:
+        inside = d["ci_low"] <= theirs <= d["ci_high"]
+        text += f"; the seed reported {theirs:+.2f} (one run each), {'inside' if inside else 'outside'} our interval"
+    return {**d, "verdict": verdict, "text": text + "."}
+
+
 def power_of(seeds: int, difference: float, std: float, alpha: float = 0.05) -> float:
     """The chance that a two-sided two-sample t-test at level ``alpha``, with ``seeds`` runs of each of two
     conditions whose runs vary by ``std``, finds a true ``difference`` (noncentral t distribution)."""

@@ -323,3 +323,34 @@ def diagnostic_heatmap(ax, rows: list[dict], label: str, columns: list[str]) -> 
     ax.set_xlabel("")
     ax.set_ylabel(label)
     ax.tick_params(axis="x", rotation=0)
+
+
+def seed_dots(ax, groups: dict[str, list[float]], theirs: dict[str, float] | None = None, ylabel: str = "") -> None:
+    """Conditions (``groups``: label -> one value per seed) as per-seed dots with their mean and 95%
+    interval (:func:`~sslnb.evaluate.mean_and_interval`; a condition of one seed has no interval), in the
+    order given; ``theirs`` (label -> the seed's one number) as a grey diamond beside each, labelled as
+    theirs."""
+    import pandas as pd
+
+    from .evaluate import mean_and_interval
+
+    labels = list(groups)
+    long = pd.DataFrame([{"condition": k, "value": v} for k in labels for v in groups[k]])
+    sns.stripplot(long, x="condition", y="value", order=labels, ax=ax, color="C0", size=5, jitter=0.12, alpha=0.8,
+                  label="one seed (ours)")
+    for i, k in enumerate(labels):
+        s = mean_and_interval(groups[k])
+        if s["n"] >= 2:
+            ax.errorbar(i + 0.25, s["mean"], yerr=[[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]], fmt="o",
+                        color="C3", ms=4, capsize=3, label="mean and 95% interval (ours)" if i == 0 else None)
+        else:
+            ax.plot(i + 0.25, s["mean"], "o", color="C3", ms=4, mfc="none")
+    if theirs:
+        xs = [i - 0.3 for i, k in enumerate(labels) if k in theirs]
+        ax.scatter(xs, [theirs[k] for k in labels if k in theirs], marker="D", color="0.55", s=18, zorder=3,
+                   label="the seed's run (theirs)")
+    handles, names = ax.get_legend_handles_labels()
+    keep = dict(zip(names, handles))  # one entry per kind (stripplot labels every condition)
+    ax.legend(keep.values(), keep.keys(), fontsize=7)
+    ax.set_xlabel("")
+    ax.set_ylabel(ylabel)

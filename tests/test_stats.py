@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sslnb.evaluate import (collapse_kind, collapse_tally, difference_and_interval, difference_verdict, power_of,
-                            seeds_needed)
+from sslnb.evaluate import (collapse_kind, collapse_tally, compare_conditions, difference_and_interval,
+                            difference_verdict, power_of, seeds_needed)
 
 
 @pytest.mark.parametrize("a, b", [([63.4, 62.8, 63.5], [58.1, 61.0, 59.9, 60.2]),  # unequal sizes and spreads
@@ -50,3 +50,34 @@ def test_the_collapse_tally_counts_each_seed_by_the_runs_rule():
     kinds = [collapse_kind(r, repeats) for r in runs]
     assert collapse_tally(kinds) == "2 of 3 seeds collapse (complete 1, partial 1)"
     assert collapse_tally(kinds[2:]) == "0 of 1 seed collapse"
+
+
+def test_a_comparison_says_its_difference_interval_and_verdict():
+    c = compare_conditions([70.0, 70.4, 69.8], [60.0, 60.5, 59.7], "111", "011", theirs=4.56)
+    assert c["verdict"] == "higher" and c["diff"] == pytest.approx(10.0, abs=1e-9)
+    assert c["text"].startswith("111 against 011: +10.0 points (95% interval +9.")
+    assert "beyond the noise" in c["text"] and "+4.56 (one run each), outside our interval" in c["text"]
+    c = compare_conditions([70.0, 60.0], [66.0, 64.0], "111", "011", theirs=4.56)
+    assert c["verdict"] == "within the noise" and "inside our interval" in c["text"]
+
+
+def test_seed_dots_draws_every_seed_and_the_interval_of_each_replicated_condition():
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    from sslnb.evaluate import mean_and_interval
+    from sslnb.plots import seed_dots
+
+    groups = {"111": [78.1, 79.4, 77.2], "011": [74.0, 77.9], "000": [55.0]}
+    fig, ax = plt.subplots()
+    seed_dots(ax, groups, theirs={"111": 62.74})
+    dots = [y for c in ax.collections[:3] for y in c.get_offsets()[:, 1]]
+    assert sorted(dots) == sorted(v for vs in groups.values() for v in vs)
+    bars = [c for c in ax.containers]  # one error bar per condition with two seeds or more
+    assert len(bars) == 2
+    top = bars[0].lines[1][1].get_ydata()[0]  # the upper cap of 111's interval
+    assert top == pytest.approx(mean_and_interval(groups["111"])["ci_high"])
+    assert ax.collections[-1].get_offsets()[:, 1].tolist() == [62.74]
+    plt.close(fig)
