@@ -413,6 +413,20 @@ def bench_grid(quick: bool, epochs: int) -> None:
     table(bench_grid_sizes(quick), f"Grid size: laptop BYOL runs at batch 64, one grid per process ({device_label(cpu)})")
 
 
+def bench_convs(quick: bool) -> None:
+    from bench.grid import bench_grid_convs
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        peak = matmul_peak(torch.device("cpu"))
+        table(bench_grid_convs(quick, peak), f"The convolutions of a laptop grid step, one thread "
+                                             f"({device_label(torch.device('cpu'))}; fp32 matmul peak on one thread "
+                                             f"measured now: {peak / 1e9:,.0f} GFLOP/s)")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def bench_compile(quick: bool) -> None:
     from bench.grid import bench_compile as rows
 
@@ -454,6 +468,8 @@ def main(argv=None) -> int:
         bench_ddp(device, args.quick)
     if "grid" in only:
         bench_grid(args.quick, args.grid_epochs)
+    if "convs" in only:
+        bench_convs(args.quick)
     if "compile" in only:  # not in the default list: compiling takes minutes on two cores
         bench_compile(args.quick)
     return 0

@@ -15,6 +15,9 @@ Two tables:
   full-batch BN), one step of each, as ``launch`` packs them now (every run in two grids, one per
   process) against the packing before grids held pipelines, ``bn_affine`` and ``bn_groups`` (the runs
   that differ only in seed, BN code and temperature in two grids; the others alone).
+- **convs** (``--only convs``): where the ceiling is. Every convolution of one step of a laptop grid of
+  six BYOL runs (and of one run alone), timed forward and backward on one thread on the shapes the step
+  gives it, against its FLOP and the one-thread matmul peak.
 - **sizes**: how large a grid should be. Two processes of one thread each (launch's arrangement on
   two cores), each training a grid of G laptop BYOL runs (BN codes and seeds, batch 64); milliseconds per
   run-step for G from 1 (separate runs) to 12.
@@ -247,4 +250,80 @@ def bench_compile(quick: bool) -> list[dict]:
             per = (time.perf_counter() - t0) / steps
             rows.append({"runs": g, "torch.compile": "yes" if compiled else "no", "first step s": first,
                          "ms per run-step": 1000 * per / g})
+    return rows
+
+
+def _conv_calls(net, views) -> list[tuple]:
+    """Every convolution call of one ``net.outputs(views)``: the module, its input's shape, whether that
+    input was channels-last, whether it needs a gradient and whether the call is differentiated at all
+    (BYOL's target runs without gradients)."""
+    calls = []
+
+    def hook(mod, inp, out):
+        x = inp[0]
+        calls.append((mod, x.shape, x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                      x.requires_grad, torch.is_grad_enabled()))
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        net.outputs(views)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _conv_cost(calls, repeats: int) -> tuple[float, float]:
+    """Seconds and FLOP of the convolution calls ``calls``: forward, and where the step differentiates
+    them, backward (the weight's gradient, and the input's where it needs one); each distinct call is
+    timed once."""
+    seconds = flop = 0.0
+    for (mod, shape, last, needs_grad, differentiated), n in Counter(calls).items():
+        x = torch.randn(shape)
+        x = (x.to(memory_format=torch.channels_last) if last else x).requires_grad_(needs_grad)
+        with torch.no_grad():
+            g = torch.randn_like(mod(x))
+        fwd = 2.0 * g.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        flop += n * fwd * (1 + differentiated + (differentiated and needs_grad))
+
+        def call():
+            if not differentiated:
+                with torch.no_grad():
+                    mod(x)
+                return
+            mod.zero_grad(set_to_none=True)
+            x.grad = None
+            mod(x).backward(g)
+
+        call()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        seconds += n * (time.perf_counter() - t0) / repeats
+    return seconds, flop
+
+
+def bench_grid_convs(quick: bool, peak_one_thread: float) -> list[dict]:
+    """The convolutions of a laptop grid step of six BYOL runs, and of one of those runs alone, on one
+    thread: their time, their FLOP/s against the one-thread matmul peak, and their share of the whole
+    step (the step timed as ``_steps`` runs it)."""
+    repeats, steps = (5, 3) if quick else (20, 6)
+    cfgs = laptop_byol_batch64()[:6]
+    rows = []
+    for label, group in (("one run alone", cfgs[:1]), (f"grid of {len(cfgs)}", cfgs)):
+        members = _members(group)
+        c = group[0]
+        shared = len({stream_of(x) for x in group}) == 1
+        net = GroupedNetwork(members, shared_input=shared).network if len(group) > 1 else members[0]
+        if use_channels_last(c, torch.device("cpu"), groups=len(group)):
+            net = net.to(memory_format=torch.channels_last)
+        channels = 3 if shared else 3 * len(group)  # the runs' own images side by side, as the step has them
+        views = [torch.randn(c.batch_size, channels, c.image_size, c.image_size) for _ in range(2)]
+        calls = _conv_calls(net, views)
+        seconds, flop = _conv_cost(calls, repeats)
+        step = _concurrent([group], len(group) > 1, 1, steps) / steps
+        rows.append({"laptop BYOL, batch 64, 1 thread": label, "conv calls": len(calls),
+                     "conv ms per step": 1000 * seconds, "whole step ms": 1000 * step,
+                     "conv share of the step %": 100 * seconds / step, "conv GFLOP/s": flop / seconds / 1e9,
+                     "conv % of 1-thread matmul peak": 100 * flop / seconds / peak_one_thread})
     return rows

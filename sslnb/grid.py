@@ -41,7 +41,7 @@ from .data import DatasetUnavailable, batches_per_epoch, dataset_of, steps_per_e
 from .evaluate import epoch_record
 from .grouped import GroupedNetwork
 from .methods import build_method
-from .optim import build_optimizer, learning_rate, set_learning_rate
+from .optim import build_optimizer, learning_rate, member_rates, set_learning_rate, step_with_rates
 from .rundir import (PENDING, RunDirError, claim, commit_pending, config_difference, finished, lock, provenance,
                      read_config, settle_pending, verify_resume, write_json_atomic)
 from .train import (batch_views, check_finite, epoch_randomness, epoch_summary, finish, make_run_dir, use_bf16,
@@ -51,9 +51,11 @@ from .train import (batch_views, check_finite, epoch_randomness, epoch_summary, 
 # picks the initial weights, the data order and the augmentations; the pipeline makes the views), part
 # of the run's own objective (the temperature, SimCLR's loss) or a per-group switch of the batched
 # network (each BatchNorm of the BN code present or not, its scale and shift learned or not, the ghost
-# groups it splits the batch into) or of its after-step update (BYOL's EMA rate and its schedule).
+# groups it splits the batch into), of its after-step update (BYOL's EMA rate and its schedule) or of its
+# optimiser step (the learning rate and the predictor's multiplier: each run's block of every batched
+# parameter moves at its own rate, optim.step_with_rates).
 GRID_FIELDS = ("seed", "bn_code", "temperature", "augment", "simclr_loss", "bn_affine", "bn_groups", "ema",
-               "ema_schedule")
+               "ema_schedule", "lr", "pred_lr_mult")
 # Settings a grid can hold but plan() keeps apart, because mixing them costs more than the grid saves
 # (bench/RESULTS.md, "Packing the laptop book": one run of another ghost-group count made a grid of six
 # about 55% slower per run-step, so that run cost more inside the grid than alone).
@@ -89,6 +91,9 @@ def grid_refusal(cfgs: list[Config]) -> str | None:
             if k not in GRID_FIELDS + PER_RUN_FIELDS and v != first[k]:
                 return (f"these runs cannot train as one grid: they differ in {k} ({first[k]!r} and {v!r}); a grid's "
                         f"runs may differ only in {', '.join(GRID_FIELDS)}")
+        if (c.lr, c.pred_lr_mult) != (cfgs[0].lr, cfgs[0].pred_lr_mult) and (c.optimizer != "sgd" or c.momentum == 0):
+            return ("these runs cannot train as one grid: runs of different learning rates share a grid only with "
+                    f"SGD and momentum (these have optimizer {c.optimizer!r}, momentum {c.momentum})")
         if steps_per_epoch(c) != steps_per_epoch(cfgs[0]):  # bn_groups can drop a last, small batch
             return (f"these runs cannot train as one grid: with bn_groups {cfgs[0].bn_groups} and {c.bn_groups} their "
                     f"epochs have {steps_per_epoch(cfgs[0])} and {steps_per_epoch(c)} steps")
@@ -193,11 +198,13 @@ def _catch_up(cfgs, paths, device, data, states, progress: bool, on_epoch_end) -
     _train_grid(cfgs, paths, device, data, states, progress, on_epoch_end)
 
 
-def grid_step(grouped: GroupedNetwork, members, opt, inputs, ys, idxs, progress: float, bf16: bool = False) -> list[dict]:
+def grid_step(grouped: GroupedNetwork, members, opt, inputs, ys, idxs, progress: float, bf16: bool = False,
+              rates: list[torch.Tensor] | None = None) -> list[dict]:
     """One optimiser step of every run of a grid: the batched network's ``outputs`` once on ``inputs``
     (views (B, 3, H, W), or (B, G*3, H, W) with each run's images side by side), each run's ``objective``
     on its part with its labels ``ys[g]`` and indices ``idxs[g]``, the optimiser step on the summed
-    loss, then ``after_step``. Returns each run's logs."""
+    loss (each run at its own learning rate where ``rates``, :func:`~sslnb.optim.member_rates`, says
+    they differ), then ``after_step``. Returns each run's logs."""
     net, groups = grouped.network, grouped.groups
     with torch.autocast(inputs[0].device.type, dtype=torch.bfloat16, enabled=bf16):
         out = net.outputs(inputs)
@@ -205,7 +212,7 @@ def grid_step(grouped: GroupedNetwork, members, opt, inputs, ys, idxs, progress:
                    for g, (m, y, idx) in enumerate(zip(members, ys, idxs))]
     opt.zero_grad(set_to_none=True)
     torch.stack([loss for loss, _ in results]).sum().backward()
-    opt.step()
+    step_with_rates(opt, rates)
     grouped.pin()
     if net.after_step_on == "network":
         net.after_step(progress, members)
@@ -299,13 +306,16 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end,
         net.train()
         for epoch in range(start_epoch, until):
             t0 = time.perf_counter()
-            lr = learning_rate(cfg, epoch)
-            set_learning_rate(opt, lr)
+            lrs = [learning_rate(c, epoch) for c in cfgs]  # each run's own schedule
+            for mo, lr in zip(member_opts, lrs):
+                set_learning_rate(mo, lr)
+            set_learning_rate(opt, lrs[0])
+            rates = member_rates(opt, member_opts)
             logs: list[dict[str, list]] = [{} for _ in range(G)]
             for inputs, ys, idxs in grid_batches(cfgs, data, train_x, train_y, epoch, n_batches, net.n_views,
                                                  channels_last, device):
                 step += 1
-                batch_logs = grid_step(grouped, members, opt, inputs, ys, idxs, step / total, bf16)
+                batch_logs = grid_step(grouped, members, opt, inputs, ys, idxs, step / total, bf16, rates)
                 for g, lg in enumerate(batch_logs):
                     for k, v in lg.items():
                         logs[g].setdefault(k, []).append(v)
@@ -317,7 +327,7 @@ def _train_grid(cfgs, paths, device, data, states, progress: bool, on_epoch_end,
             grouped.to_members()
             for g, (m, c, p) in enumerate(zip(members, cfgs, paths)):  # every run's checkpoint written, then
                 record, walls[g] = write_epoch(p, c, m, grouped.optimizer_state_to_member(opt, g, member_opts[g]), data,
-                                               device, epoch + 1, step, lr, values[g], share, walls[g],
+                                               device, epoch + 1, step, lrs[g], values[g], share, walls[g],
                                                time.perf_counter() - share, checkpoint=PENDING, grid_size=G)
                 if progress:
                     bar.write(f"{p.name} epoch {epoch + 1}/{cfg.epochs}: {epoch_summary(record)}")

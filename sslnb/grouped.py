@@ -239,8 +239,8 @@ class GroupedNetwork:
         batched_state = {by_name[id(p)]: s for p, s in opt.state.items()}
         member_names = {id(p): n for n, p in self.members[g].named_parameters()}
         state = member_opt.state_dict()
-        for group, batched_group in zip(state["param_groups"], opt.param_groups):  # the current lr, ...
-            group.update({k: v for k, v in batched_group.items() if k != "params"})
+        for group, batched_group in zip(state["param_groups"], opt.param_groups):  # momentum, ... (each run
+            group.update({k: v for k, v in batched_group.items() if k not in ("params", "lr", "lr_mult")})  # its own rate)
         params = [p for group in member_opt.param_groups for p in group["params"]]
         for i, p in enumerate(params):
             s = batched_state.get(member_names[id(p)])

@@ -657,10 +657,10 @@ def test_grid_file(tmp_path):
 
 def test_grid_differ(tmp_path):
     dirs = grid_dirs(tmp_path)
-    (dirs[1] / "config.json").write_text(json.dumps(grid_cfgs()[1].replace(lr=0.01).to_dict()))
+    (dirs[1] / "config.json").write_text(json.dumps(grid_cfgs()[1].replace(weight_decay=0.01).to_dict()))
     r = cli(*dirs, module="sslnb.grid")
     assert r.returncode == 2
-    one_line(r, "differ in lr", "0.01")
+    one_line(r, "differ in weight_decay", "0.01")
 
 
 # ---------------------------------------------------------------------- reading runs

@@ -17,7 +17,7 @@ from sslnb.config import Config, ConfigError
 from sslnb.grid import grid_batches, grid_step, plan, split_outputs, stream_of, train_grid
 from sslnb.grouped import GroupedNetwork
 from sslnb.methods import build_method
-from sslnb.optim import build_optimizer
+from sslnb.optim import build_optimizer, member_rates, set_learning_rate
 from sslnb.runs import launch, load_run
 from sslnb.train import train, train_step
 
@@ -55,6 +55,10 @@ CASES = {
     # each run its own EMA rate (and schedule) on its part of the batched target network
     "byol-ema": [Config.from_preset("smoke", "byol", ema=m, ema_schedule=k, seed=s)
                  for m, k, s in ((0.99, "fixed", 0), (0.9, "fixed", 1), (0.9, "cos", 2))],
+    # each run its own learning rate and predictor multiplier (its block of every parameter at its own rate)
+    "byol-rates": [Config.from_preset("smoke", "byol", lr=lr, pred_lr_mult=m, seed=s)
+                   for lr, m, s in ((0.05, 1.0, 0), (0.2, 1.0, 1), (0.05, 10.0, 2))],
+    "insdis-rates": [Config.from_preset("smoke", "insdis", lr=lr) for lr in (0.03, 0.1)],
     "simclr-losses": [Config.from_preset("smoke", "simclr", simclr_loss=loss) for loss in ("seed", "standard")],
     "supervised-seeds": [Config.from_preset("smoke", "supervised", seed=s) for s in (0, 1)],
 }
@@ -77,6 +81,9 @@ def run_steps(cfgs, steps: int, dtype=torch.float64):
     grouped = GroupedNetwork(batched, shared_input=shared)
     opt = build_optimizer(cfgs[0], grouped.network.trainable_parameters())
     opts = [build_optimizer(c, m.trainable_parameters()) for c, m in zip(cfgs, alone)]
+    for o, c in zip([opt, *opts], [cfgs[0], *cfgs]):  # each run's rate in each group (the predictor's multiplier)
+        set_learning_rate(o, c.lr)
+    rates = member_rates(opt, opts)
     gen = torch.Generator().manual_seed(7)
     n_views, G = batched[0].n_views, len(cfgs)
     report = []
@@ -86,7 +93,7 @@ def run_steps(cfgs, steps: int, dtype=torch.float64):
         ys = [torch.randint(10, (64,), generator=gen) for _ in range(G)]
         idxs = [torch.randperm(256, generator=gen)[:64] for _ in range(G)]
         inputs = views[0] if shared else [torch.cat([v[i] for v in views], dim=1) for i in range(n_views)]
-        logs = grid_step(grouped, batched, opt, inputs, ys, idxs, (step + 1) / steps)
+        logs = grid_step(grouped, batched, opt, inputs, ys, idxs, (step + 1) / steps, rates=rates)
         grads = {n: p.grad for n, p in grouped.network.named_parameters() if p.grad is not None}
         losses, grad_diff = [], 0.0
         for g, (m, o) in enumerate(zip(alone, opts)):
@@ -162,7 +169,7 @@ def records(path):
 
 
 def test_launch_trains_a_grid_into_the_run_directories_of_separate_runs(tmp_path):
-    cfgs = [small(bn_code=c) for c in ("111", "011")] + [small("simclr", seed=s) for s in (0, 1)]
+    cfgs = [small(bn_code=c) for c in ("111", "011")] + [small("simclr", seed=0), small("simclr", seed=1, lr=0.2)]
     grid_runs = launch(cfgs, tmp_path / "grid", progress=False)
     alone_runs = launch(cfgs, tmp_path / "alone", progress=False, grid=False)
     for g, a in zip(grid_runs, alone_runs):
@@ -171,6 +178,7 @@ def test_launch_trains_a_grid_into_the_run_directories_of_separate_runs(tmp_path
         assert sorted(p.name for p in g.path.iterdir()) == sorted(p.name for p in a.path.iterdir())
         rg, ra = records(g.path), records(a.path)
         assert [sorted(r) for r in rg] == [sorted(r) for r in ra]  # the same records, field for field
+        assert [r.get("lr") for r in rg] == [r.get("lr") for r in ra]  # each run at its own rate
         steps_g = [r["loss"] for r in rg if r["kind"] == "step"]
         steps_a = [r["loss"] for r in ra if r["kind"] == "step"]
         assert abs(steps_g[0] - steps_a[0]) < 1e-5  # float32: the first step (see the module docstring)
@@ -208,15 +216,15 @@ def test_an_interrupted_grid_resumes_to_the_same_runs_and_a_run_of_it_resumes_al
     assert records(alone)[:4] == records(cut[1])[:4]  # epoch 0, the grid's two steps and epoch 1
 
 
-def test_plan_puts_together_only_runs_that_differ_in_seed_bn_code_or_temperature(tmp_path):
+def test_plan_puts_together_only_runs_that_differ_in_grid_fields(tmp_path):
     codes = ["111", "011", "101", "110", "001", "010", "100", "000"]
     pairs = [(Config.from_preset("cpu", "byol", bn_code=c), tmp_path / c) for c in codes]
-    pairs += [(Config.from_preset("cpu", "byol", lr=0.05), tmp_path / "lr")]  # another lr: alone
+    pairs += [(Config.from_preset("cpu", "byol", weight_decay=1e-3), tmp_path / "wd")]  # another weight decay: alone
     pairs += [(Config.from_preset("cpu", "simclr", seed=s), tmp_path / f"s{s}") for s in (0, 1)]
     pairs += [(Config.from_preset("cpu", "insdis", insdis_loss="nce", seed=s), tmp_path / f"n{s}") for s in (0, 1)]
     grids, alone = plan(pairs, parts=2)
     assert [len(g) for g in grids] == [4, 4, 2]
-    assert [p.name for _, p in alone] == ["lr", "n0", "n1"]
+    assert [p.name for _, p in alone] == ["wd", "n0", "n1"]
     grids, alone = plan(pairs, max_size=3)
     assert [len(g) for g in grids] == [3, 2, 3, 2]
 
@@ -241,8 +249,12 @@ def test_runs_whose_epochs_differ_in_steps_are_refused():
 
 
 def test_a_grid_of_runs_that_differ_elsewhere_is_refused_in_one_line(tmp_path):
-    with pytest.raises(ConfigError, match="cannot train as one grid: they differ in lr") as e:
-        train_grid([small(), small(lr=0.01)], [tmp_path / "a", tmp_path / "b"], progress=False)
+    with pytest.raises(ConfigError, match="cannot train as one grid: they differ in weight_decay") as e:
+        train_grid([small(), small(weight_decay=1e-3)], [tmp_path / "a", tmp_path / "b"], progress=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
+    with pytest.raises(ConfigError, match="different learning rates share a grid only with SGD and momentum") as e:
+        train_grid([small(optimizer="adam"), small(optimizer="adam", lr=0.01)], [tmp_path / "a", tmp_path / "b"],
+                   progress=False)
     assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
 
 
