@@ -35,6 +35,15 @@ BATCH_TABLE = {128: 60.23, 512: 62.74, 1024: 59.14}
 REPEATS = (63.37, 62.82, 63.53, 63.32, 63.14, 63.53, 63.75)
 
 
+def seed_effects() -> list[tuple[str, float]]:
+    """The differences behind the seed's BatchNorm and batch-size findings, computed from its tables
+    (points of linear accuracy, one run per cell): what a replication has to be able to see."""
+    bn, batch = BN_TABLE, BATCH_TABLE
+    return [("111 vs 011 (no BN1)", bn["111"] - bn["011"]), ("111 vs 110 (no BN3)", bn["111"] - bn["110"]),
+            ("111 vs 010 (BN2 only)", bn["111"] - bn["010"]), ("batch 512 vs 128", batch[512] - batch[128]),
+            ("batch 512 vs 1024", batch[512] - batch[1024])]
+
+
 def byol_result(dataset: str, network: str, augment: str, bn_code: str = "111") -> float | None:
     """The seed's BYOL number for a setting, or None where it reported none."""
     if bn_code != "111":
