@@ -228,8 +228,17 @@ def compare_conditions(a, b, label_a: str, label_b: str, theirs: float | None = 
                        unit: str = "points") -> dict:
     """A comparison a chapter draws, answered from the runs: ``a`` and ``b`` are the per-seed values of
     two conditions (e.g. linear accuracy of codes 111 and 011), ``theirs`` the seed's reported difference
-    a - b. Returns :func:`difference_and_interval`'s numbers, the ``verdict`` (:func:`difference_verdict`)
-    and a one-sentence ``text`` saying all of it, ready for a chapter's Markdown."""
+    a - b. Returns :func:`difference_and_interval`'s numbers, the ``verdict`` (:func:`difference_verdict`,
+    or ``"too few seeds"`` where a condition has one run) and a one-sentence ``text`` saying all of it,
+    ready for a chapter's Markdown."""
+    if len(a) < 2 or len(b) < 2:  # one run of a condition: a difference, but no interval and no verdict
+        diff = float(np.mean(a) - np.mean(b))
+        text = (f"{label_a} against {label_b}: {diff:+.1f} {unit} from {len(a)} and {len(b)} seed(s), too few for "
+                f"an interval, so no verdict")
+        if theirs is not None:
+            text += f"; the seed reported {theirs:+.2f}"
+        return {"diff": diff, "se": math.nan, "df": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                "verdict": "too few seeds", "text": text + "."}
     d = difference_and_interval(a, b)
     verdict = difference_verdict(d)
     said = {"higher": f"{label_a} is higher, beyond the noise", "lower": f"{label_a} is lower, beyond the noise",
@@ -415,7 +424,8 @@ def collapse_tally(kinds: list[str]) -> str:
     collapse (complete 1, partial 1)"`` or ``"0 of 3 seeds collapse"``."""
     hit = [k for k in kinds if k != "no"]
     detail = ", ".join(f"{k} {hit.count(k)}" for k in ("complete", "partial") if k in hit)
-    return f"{len(hit)} of {len(kinds)} seed{'s' if len(kinds) != 1 else ''} collapse" + (f" ({detail})" if detail else "")
+    seeds = "seeds collapse" if len(kinds) != 1 else "seed collapses"
+    return f"{len(hit)} of {len(kinds)} {seeds}" + (f" ({detail})" if detail else "")
 
 
 def negative_gradient_share(z1: torch.Tensor, z2: torch.Tensor, temperature: float, anchor: int = 0) -> np.ndarray:

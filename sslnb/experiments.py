@@ -33,6 +33,24 @@ STUDY = {"paper": {}, "cpu": dict(epochs=10, lr_milestones=(8, 9)), "laptop": {}
 BN_CODES = ("111", "101", "011", "110", "010", "100", "001", "000")  # the seed's table order
 BATCH_SIZES = {"paper": (128, 512, 1024), "cpu": (32, 64, 128), "laptop": (32, 64, 128), "smoke": (32, 64)}
 SEEDS = {"paper": tuple(range(7)), "cpu": (0, 1, 2), "laptop": (0, 1), "smoke": (0, 1)}  # the seed repeated its run 7 times
+# The seeds of each condition of the BN study besides the baseline 111 (which has SEEDS): a claim that a
+# code collapses needs two seeds at least, so 000, the seed's clearest collapse, has two everywhere.
+BN_SEEDS = {preset: {"000": (0, 1)} for preset in SEEDS}
+
+
+def bn_seeds(preset: str, condition: str) -> tuple[int, ...]:
+    """The seeds the BN chapter trains condition ``condition`` (a code, or ``"011 affine off"``...) with."""
+    return SEEDS[preset] if condition == "111" else BN_SEEDS[preset].get(condition, (0,))
+
+
+def by_condition(runs: dict[str, Run]) -> dict[str, list[Run]]:
+    """A chapter's runs grouped by condition: the run labelled ``"X"`` and those labelled ``"X seed=N"`` are
+    the seeds of condition ``X`` (a run under two labels counts once), in the order of the labels."""
+    groups: dict[str, dict[str, Run]] = {}
+    for label, run in runs.items():
+        condition = label.rpartition(" seed=")[0] or label
+        groups.setdefault(condition, {}).setdefault(run.name, run)
+    return {k: list(v.values()) for k, v in groups.items()}
 
 
 def _extra(device: str, data_root: str, dataset: str | None) -> dict:
@@ -121,15 +139,19 @@ def variance_chapter(preset: str = "cpu", dataset: str | None = None, device: st
 
 def bn_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
                data_root: str = "data") -> dict[str, Config]:
-    """All eight BN codes (named by their code), code 000 again with seed 1 (``000 seed=1``: the
-    collapse it is expected to show is a claim, and a claim needs two seeds), code 011 with
+    """All eight BN codes (named by their code; ``"000 seed=1"`` is code 000's second seed, and so on: the
+    seeds of :func:`bn_seeds`, the baseline 111's being the variance chapter's), code 011 with
     ``bn_affine = False`` (``011 affine off``), code 111 with BatchNorm over the whole batch (``111
-    full-batch BN``), the repeats of the baseline (``seed=N``) and the untrained network."""
+    full-batch BN``), the repeats of the baseline also as ``seed=N``, and the untrained network.
+    :func:`by_condition` groups them by condition."""
     base = _study_base(preset, dataset, device, data_root)
-    runs = {code: base.replace(bn_code=code) for code in BN_CODES}
-    runs["000 seed=1"] = base.replace(bn_code="000", seed=1)
-    runs["011 affine off"] = base.replace(bn_code="011", bn_affine=False)
-    runs["111 full-batch BN"] = base.replace(bn_groups=1)
+    conditions = {code: base.replace(bn_code=code) for code in BN_CODES}
+    conditions["011 affine off"] = base.replace(bn_code="011", bn_affine=False)
+    conditions["111 full-batch BN"] = base.replace(bn_groups=1)
+    runs = {}
+    for label, cfg in conditions.items():
+        for s in bn_seeds(preset, label):
+            runs[label if s == 0 else f"{label} seed={s}"] = cfg.replace(seed=s)
     runs.update(variance_chapter(preset, dataset, device, data_root))
     runs["random init"] = references(preset, dataset, device, data_root)["random init"]
     return runs

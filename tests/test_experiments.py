@@ -43,3 +43,18 @@ def test_two_seeds_where_the_book_claims_learning_or_collapse():
     assert run_name(byol["byol aug+ seed=1"]) == run_name(chapter_runs("06_variance", "laptop")["seed=1"])
     assert (bn["000"].seed, bn["000 seed=1"].seed) == (0, 1)
     assert bn["000 seed=1"].replace(seed=0) == bn["000"]
+
+
+def test_the_bn_chapter_groups_its_runs_by_condition_each_seed_once():
+    from types import SimpleNamespace
+
+    from sslnb.experiments import BN_CODES, bn_seeds, by_condition
+
+    configs = chapter_runs("04_bn_collapse", "cpu")
+    runs = {label: SimpleNamespace(name=run_name(c), seed=c.seed) for label, c in configs.items()}
+    groups = by_condition(runs)
+    assert [r.seed for r in groups["111"]] == list(bn_seeds("cpu", "111")) == [0, 1, 2]
+    assert [r.seed for r in groups["000"]] == [0, 1]
+    assert all(len(groups[code]) == len(bn_seeds("cpu", code)) for code in BN_CODES)
+    assert [r.seed for r in groups["011 affine off"]] == [0]
+    assert {r.name for r in groups["111"]} == {run_name(configs[f"seed={s}"]) for s in (0, 1, 2)}  # the repeats

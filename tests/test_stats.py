@@ -49,7 +49,7 @@ def test_the_collapse_tally_counts_each_seed_by_the_runs_rule():
             {"z_std": 0.05, "z_std_ref": 0.06, "eff_rank": 8.5}]    # within the baseline's range
     kinds = [collapse_kind(r, repeats) for r in runs]
     assert collapse_tally(kinds) == "2 of 3 seeds collapse (complete 1, partial 1)"
-    assert collapse_tally(kinds[2:]) == "0 of 1 seed collapse"
+    assert collapse_tally(kinds[2:]) == "0 of 1 seed collapses"
 
 
 def test_a_comparison_says_its_difference_interval_and_verdict():
@@ -59,6 +59,9 @@ def test_a_comparison_says_its_difference_interval_and_verdict():
     assert "beyond the noise" in c["text"] and "+4.56 (one run each), outside our interval" in c["text"]
     c = compare_conditions([70.0, 60.0], [66.0, 64.0], "111", "011", theirs=4.56)
     assert c["verdict"] == "within the noise" and "inside our interval" in c["text"]
+    c = compare_conditions([70.0], [66.0, 64.0], "110", "111")
+    assert c["verdict"] == "too few seeds" and c["text"] == ("110 against 111: +5.0 points from 1 and 2 seed(s), too "
+                                                             "few for an interval, so no verdict.")
 
 
 def test_seed_dots_draws_every_seed_and_the_interval_of_each_replicated_condition():
