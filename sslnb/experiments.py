@@ -36,6 +36,8 @@ SEEDS = {"paper": tuple(range(7)), "cpu": (0, 1, 2), "laptop": (0, 1), "smoke": 
 # The seeds of each condition of the BN study besides the baseline 111 (which has SEEDS): a claim that a
 # code collapses needs two seeds at least, so 000, the seed's clearest collapse, has two everywhere.
 BN_SEEDS = {preset: {"000": (0, 1)} for preset in SEEDS}
+# The seeds of each batch size's runs (the baseline's batch size with BatchNorm groups has SEEDS).
+BATCH_SEEDS = {preset: (0,) for preset in SEEDS}
 
 
 def bn_seeds(preset: str, condition: str) -> tuple[int, ...]:
@@ -162,13 +164,16 @@ def batch_chapter(preset: str = "cpu", dataset: str | None = None, device: str =
     """The study baseline at the preset's batch sizes, the learning rate scaled linearly from the
     preset's (0.12 at 512 for the paper preset; the seed does not state its rates): ``B=N`` keeps the
     preset's BN groups (the seed's per-GPU statistics, batch/4 on four GPUs), ``B=N full-batch BN`` uses
-    one group. Plus the repeats of the baseline (``seed=N``)."""
+    one group; ``"B=N seed=S"`` is seed S of a size (:data:`BATCH_SEEDS`; the baseline's size with BatchNorm
+    groups is the baseline, whose seeds are the variance chapter's). Plus the repeats of the baseline
+    (``seed=N``)."""
     base = _study_base(preset, dataset, device, data_root)
     runs = {}
     for b in BATCH_SIZES[preset]:
         scaled = base.replace(batch_size=b, lr=base.lr * b / base.batch_size)
-        runs[f"B={b}"] = scaled
-        runs[f"B={b} full-batch BN"] = scaled.replace(bn_groups=1)
+        for label, cfg in ((f"B={b}", scaled), (f"B={b} full-batch BN", scaled.replace(bn_groups=1))):
+            seeds = SEEDS[preset] if cfg == base else BATCH_SEEDS[preset]  # the baseline's repeats are free
+            runs.update({label if s == 0 else f"{label} seed={s}": cfg.replace(seed=s) for s in seeds})
     runs.update(variance_chapter(preset, dataset, device, data_root))
     return runs
 

@@ -342,9 +342,9 @@ def seed_dots(ax, groups: dict[str, list[float]], theirs: dict[str, float] | Non
         s = mean_and_interval(groups[k])
         if s["n"] >= 2:
             ax.errorbar(i + 0.25, s["mean"], yerr=[[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]], fmt="o",
-                        color="C3", ms=4, capsize=3, label="mean and 95% interval (ours)" if i == 0 else None)
+                        color="C3", ms=4, capsize=3, label="mean and 95% interval (ours)")
         else:
-            ax.plot(i + 0.25, s["mean"], "o", color="C3", ms=4, mfc="none")
+            ax.plot(i + 0.25, s["mean"], "o", color="C3", ms=4, mfc="none", label="one seed: no interval")
     if theirs:
         xs = [i - 0.3 for i, k in enumerate(labels) if k in theirs]
         ax.scatter(xs, [theirs[k] for k in labels if k in theirs], marker="D", color="0.55", s=18, zorder=3,
