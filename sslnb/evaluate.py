@@ -251,6 +251,17 @@ def compare_conditions(a, b, label_a: str, label_b: str, theirs: float | None = 
     return {**d, "verdict": verdict, "text": text + "."}
 
 
+def finding_verdict(comparison: dict, theirs: float) -> str:
+    """Whether our :func:`compare_conditions` result reproduces a difference the seed reported (``theirs``,
+    a - b from its one run each): ``"reproduces"`` (our interval lies on the side of zero theirs is on),
+    ``"reversed"`` (on the other side), ``"not shown (within the noise)"`` or ``"too few seeds"``."""
+    if comparison["verdict"] == "too few seeds":
+        return "too few seeds"
+    if comparison["verdict"] == "within the noise":
+        return "not shown (within the noise)"
+    return "reproduces" if (comparison["verdict"] == "higher") == (theirs > 0) else "reversed"
+
+
 def power_of(seeds: int, difference: float, std: float, alpha: float = 0.05) -> float:
     """The chance that a two-sided two-sample t-test at level ``alpha``, with ``seeds`` runs of each of two
     conditions whose runs vary by ``std``, finds a true ``difference`` (noncentral t distribution)."""

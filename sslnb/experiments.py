@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import Config
 from .methods import CLASSES
 from .rundir import run_name
-from .runs import Run, launch
+from .runs import Run, launch, load_run
 
 # InsDis temperature sweeps. The seed's: 0.05 ... 0.80, plus 0.90 and 1.00 in early README versions.
 INSDIS_TEMPERATURES = {
@@ -203,6 +203,18 @@ def load_chapter(chapter: str, preset: str = "cpu", dataset: str | None = None, 
     chapters' one call: their papermill parameters go straight in)."""
     configs = chapter_runs(chapter, preset, dataset, devices, data_root)
     return dict(zip(configs, launch(list(configs.values()), run_root)))
+
+
+def finished_runs(chapter: str, preset: str = "cpu", dataset: str | None = None, devices: str = "auto",
+                  data_root: str = "data", run_root: str | Path = "runs") -> dict[str, Run]:
+    """The runs of chapter ``chapter`` already finished under ``run_root``, by label, training nothing (for a
+    page that summarises other chapters: opened first in JupyterLab, it must not start their studies)."""
+    out = {}
+    for label, cfg in chapter_runs(chapter, preset, dataset, devices, data_root).items():
+        path = Path(run_root) / run_name(cfg)
+        if (path / "config.json").exists() and (run := load_run(path)).done:
+            out[label] = run
+    return out
 
 
 def all_runs(preset: str = "cpu", dataset: str | None = None, device: str = "auto",

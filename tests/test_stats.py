@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 
 from sslnb.evaluate import (collapse_kind, collapse_tally, compare_conditions, difference_and_interval,
-                            difference_verdict, power_of, seeds_needed)
+                            difference_verdict, finding_verdict, power_of, seeds_needed)
 
 
 @pytest.mark.parametrize("a, b", [([63.4, 62.8, 63.5], [58.1, 61.0, 59.9, 60.2]),  # unequal sizes and spreads
@@ -84,3 +84,13 @@ def test_seed_dots_draws_every_seed_and_the_interval_of_each_replicated_conditio
     assert top == pytest.approx(mean_and_interval(groups["111"])["ci_high"])
     assert ax.collections[-1].get_offsets()[:, 1].tolist() == [62.74]
     plt.close(fig)
+
+
+@pytest.mark.parametrize("ours, theirs, expected", [
+    (([70.0, 70.4, 69.8], [60.0, 60.5, 59.7]), 4.56, "reproduces"),
+    (([60.0, 60.5, 59.7], [70.0, 70.4, 69.8]), 4.56, "reversed"),
+    (([60.0, 60.5, 59.7], [70.0, 70.4, 69.8]), -3.6, "reproduces"),
+    (([70.0, 60.0], [66.0, 64.0]), 4.56, "not shown (within the noise)"),
+    (([70.0], [66.0, 64.0]), 4.56, "too few seeds")])
+def test_a_finding_of_the_seed_is_judged_by_our_interval(ours, theirs, expected):
+    assert finding_verdict(compare_conditions(*ours, "a", "b", theirs=theirs), theirs) == expected
