@@ -103,7 +103,7 @@ FAULTS = {
                       "one line naming both spellings (exit 2); nothing is written"),
     "grid_file": ("gives a file as a grid's run directory",
                   "one line: a file is in the way (exit 2); the file is untouched"),
-    "grid_differ": ("asks for a grid of runs that differ in a setting a grid cannot hold (such as `lr`)",
+    "grid_differ": ("asks for a grid of runs that differ in a setting a grid cannot hold (such as `weight_decay`)",
                     "one line naming the setting and both values (exit 2)"),
     "read_only_root": ("reads finished runs from a read-only run root (a share, a mounted folder of results)",
                        "the chapters execute: t-SNE caches are read where they exist and computed in memory where "
