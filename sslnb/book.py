@@ -1,5 +1,7 @@
 """Build the book: ``python -m sslnb.book {train,execute,build}`` (what ``make book`` runs).
 
+0. ``plan``    prints the name of every run the chapters need for a preset, one a line (each name carries a
+               digest of its config: the deploy workflow caches the trained runs under a hash of this list);
 1. ``train``   trains every run the chapters need for a preset (``sslnb.experiments``), with progress;
 2. ``execute`` copies the book into ``_stage/`` and executes each chapter there with papermill
                (parameters: preset, dataset, run_root, data_root, devices), hiding the injected-parameters cell;
@@ -22,7 +24,7 @@ from .config import ConfigError, nearest, settings_markdown
 from .data import DatasetUnavailable
 from .dist import die_with_parent
 from .experiments import CHAPTERS, all_runs, chapter_runs
-from .rundir import RunDirError
+from .rundir import RunDirError, run_name
 from .runs import LaunchError, launch, missing_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,11 +51,35 @@ def check_parameters(notebook: Path, parameters: dict) -> None:
                             f"{', '.join(declared)})")
 
 
-def stage(stage_dir: Path = STAGE, keep=()) -> None:
+# The line of the introduction that says which preset this copy of the book was executed at (an HTML comment
+# in book/intro.md: invisible in JupyterLab, replaced when the chapters are staged for the site).
+BUILT_MARK = "<!-- sslnb:built-at -->"
+DATASET_WORDS = {"digits": "the embedded digits", "fashion": "Fashion-MNIST",
+                 "fashion-canvas": "Fashion-MNIST items on a 32×32 canvas", "cifar10": "CIFAR-10",
+                 "cifar100": "CIFAR-100"}
+
+
+def built_at(parameters: dict) -> str:
+    """The sentence the staged introduction opens with: the preset, dataset, machine and commit the chapters
+    were executed with (each page's figures also name the machine their runs were trained on)."""
+    from .config import Config
+    from .rundir import device_name, git_commit
+
+    preset = parameters.get("preset", "cpu")
+    dataset = parameters.get("dataset") or Config.from_preset(preset, "byol").dataset
+    device = parameters.get("devices", "auto")
+    machine = device_name("cuda:0" if str(device).startswith("cuda") else "cpu")
+    return (f"**This copy of the book was executed at the `{preset}` preset** ({DATASET_WORDS.get(dataset, dataset)}) "
+            f"on {machine}, from commit `{git_commit()}`. The other presets are in the table "
+            f"below; every figure names the machine its runs were trained on.")
+
+
+def stage(stage_dir: Path = STAGE, keep=(), parameters: dict | None = None) -> None:
     """Copy the book sources (and the library, for literalinclude, and the benchmark results) into
     ``stage_dir``; ``build`` adds the configuration and the vendored JavaScript. The staged (executed)
     notebooks of the chapters named in ``keep`` stay as they are: executing one chapter again leaves
-    the others' pages in place."""
+    the others' pages in place. With ``parameters`` (the chapters' papermill parameters) the staged
+    introduction says which preset the book was executed at (:func:`built_at`)."""
     kept = {}
     for name in keep:
         staged = stage_dir / "book" / f"{name}.ipynb"
@@ -72,6 +98,9 @@ def stage(stage_dir: Path = STAGE, keep=()) -> None:
     for name, content in kept.items():
         (stage_dir / "book" / name).write_bytes(content)
     (stage_dir / "book" / "settings.md").write_text(settings_markdown())  # generated: it cannot drift
+    if parameters is not None:
+        intro = stage_dir / "book" / "intro.md"
+        intro.write_text(intro.read_text().replace(BUILT_MARK, built_at(parameters)))
 
 
 def copy_site_files(stage_dir: Path) -> None:
@@ -145,7 +174,7 @@ def execute(parameters: dict, only: list[str] | None = None, timeout: int = 3600
         check_parameters(nb, parameters)
     if jobs > 1 and not _all_trained(selected, parameters):
         jobs = 1  # chapters would train their missing runs themselves: never two in one run directory
-    stage(stage_dir, keep=[name for name in names if name not in {nb.stem for nb in selected}])
+    stage(stage_dir, keep=[name for name in names if name not in {nb.stem for nb in selected}], parameters=parameters)
     outs = [stage_dir / "book" / nb.name for nb in selected]
     print(f"executing {len(selected)} chapters with {parameters}, {jobs} at a time", flush=True)
     # the workers (and so their kernels) die with this process, even by kill -9
@@ -185,9 +214,9 @@ def train_all(preset: str, run_root: str, device: str, dataset: str | None = Non
     launch(configs, run_root, jobs=jobs)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sslnb.book", description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["train", "execute", "build"])
+    p.add_argument("step", choices=["plan", "train", "execute", "build"])
     p.add_argument("--preset", default="cpu")
     p.add_argument("--dataset", default=None, help="override the preset's dataset")
     p.add_argument("--run-root", default="runs")
@@ -199,11 +228,19 @@ def main(argv=None) -> int:
     p.add_argument("--stage-dir", default=str(STAGE), help="where the executed chapters are staged (default: _stage)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="an extra papermill parameter")
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     run_root = str(Path(args.run_root).resolve())
     data_root = str(Path(args.data_root).resolve())
     try:
-        if args.step == "train":
+        if args.step == "plan":
+            for cfg in all_runs(args.preset, args.dataset, args.device, data_root):
+                print(run_name(cfg))
+        elif args.step == "train":
             import torch
 
             jobs = args.jobs or (1 if torch.cuda.is_available() and args.device != "cpu" else 2)

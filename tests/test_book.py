@@ -1,6 +1,7 @@
 """Every chapter executes under papermill with the smoke preset, and the book builds with -W."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,8 @@ def test_book_builds_strictly_from_executed_chapters(executed):
     tmp, _, _ = executed
     html = tmp / "_build" / "html"
     assert (html / "index.html").exists()
+    intro = (html / "book" / "intro.html").read_text()
+    assert re.search(r"executed at the .{0,120}smoke.{0,40} preset", intro), "the intro names the preset it was executed at"
     for nb_path in CHAPTERS:
         page = (html / "book" / f"{nb_path.stem}.html").read_text()
         assert "<img" in page and "Traceback" not in page
@@ -107,3 +110,34 @@ def test_a_kernel_that_dies_at_start_is_started_again_and_nothing_else_is(tmp_pa
     with pytest.raises(RuntimeError, match="something else"):
         book._execute_one(nb, out, {}, 60)
     assert len(calls) == 1
+
+
+def test_every_command_the_deploy_workflow_runs_exists():
+    """The workflow runs only on GitHub: a renamed make target or CLI flag would break the published site
+    without failing any test here. Each `make` target and variable it uses must be in the Makefile, and each
+    `python -m sslnb.book` command must parse."""
+    import yaml
+
+    root = Path(book.ROOT)
+    workflow = yaml.safe_load((root / ".github" / "workflows" / "deploy-book.yml").read_text())
+    makefile = (root / "Makefile").read_text()
+    targets = set(re.findall(r"^([A-Za-z][\w.-]*)\s*:(?!=)", makefile, re.M))
+    runs = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    assert any("PRESET=laptop" in r for r in runs), "the workflow publishes the laptop book"
+    checked = 0
+    for text in runs:
+        for command in re.split(r"&&|\|\||[;|\n()]", text.replace("$(", "(")):
+            words = command.split()
+            if not words:
+                continue
+            if words[0] == "make":
+                for word in words[1:]:
+                    if "=" in word:
+                        assert f"$({word.split('=')[0]})" in makefile, f"make variable {word} is not used"
+                    else:
+                        assert word in targets, f"make target {word!r} is not in the Makefile"
+                checked += 1
+            elif words[:3] == [".venv/bin/python", "-m", "sslnb.book"]:
+                book.parser().parse_args(words[3:])  # exits (fails the test) on an unknown step or flag
+                checked += 1
+    assert checked >= 3
