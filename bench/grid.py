@@ -39,7 +39,7 @@ from sslnb.config import Config
 from sslnb.experiments import BN_CODES, bn_chapter, variance_chapter
 from sslnb.grid import GRID_FIELDS, grid_key, grid_step, stream_of
 from sslnb.grouped import GroupedNetwork
-from sslnb.methods import build_method
+from sslnb.methods import CLASSES, build_method
 from sslnb.optim import build_optimizer
 from sslnb.train import to_memory_format, train_step, use_channels_last
 
@@ -64,7 +64,7 @@ def _members(cfgs: list[Config]):
 def _steps(cfgs: list[Config], grid: bool):
     """A function doing one step of every run in ``cfgs`` (random views, as the throughput table)."""
     cfg, gen = cfgs[0], torch.Generator().manual_seed(0)
-    n_views = 2 if cfg.method in ("byol", "simclr") else 1
+    n_views = CLASSES[cfg.method].n_views
     shape = (cfg.batch_size, 3, cfg.image_size, cfg.image_size)
     streams = list(dict.fromkeys(stream_of(c) for c in cfgs))  # a run's views: its seed and pipeline
     views = {k: [torch.randn(*shape, generator=gen) for _ in range(n_views)] for k in streams}

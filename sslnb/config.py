@@ -17,12 +17,57 @@ import dataclasses
 import difflib
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 from .augment import CROP_SCALE, PIPELINES
 from .data import DATASETS, DIGITS_STYLE
 
-METHODS = ("byol", "simclr", "insdis", "supervised")  # the one list (sslnb.methods maps each to its class)
+
+
+class _Registered(Sequence):
+    """The names of the methods registered so far, in registration order: a live, read-only sequence.
+
+    The methods own their entries: each class in ``sslnb/methods/`` registers itself
+    (:func:`register_method`, called by ``Method.__init_subclass__``), and importing ``sslnb`` imports
+    every module of ``sslnb/methods/``. This floor validates against the list without importing upward."""
+
+    def __init__(self, table: dict):
+        self._table = table
+
+    def __getitem__(self, i):
+        return tuple(self._table)[i]
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self._table))
+
+
+# name -> (its settings per preset on top of the preset's "all", a function cfg -> the parts of its run
+# names after method and dataset)
+_METHOD_ENTRIES: dict[str, tuple[dict[str, dict], Callable]] = {}
+METHODS = _Registered(_METHOD_ENTRIES)  # the one list: every method registered (sslnb.methods)
+
+
+def register_method(name: str, presets: dict[str, dict], run_tag: Callable) -> None:
+    """Enter a method: ``presets`` maps a preset name to the settings in which the method's runs differ
+    from the preset's shared ones; ``run_tag(cfg) -> list[str]`` gives the parts of a run's directory name
+    that say what it is (BYOL: its BN code). Registering a name twice replaces the entry (a reloaded
+    module); a preset that does not exist is refused."""
+    unknown = sorted(set(presets) - set(PRESETS))
+    if unknown:
+        raise ConfigError(f"method {name!r} sets preset {unknown[0]!r}{nearest(unknown[0], PRESETS)}")
+    for values in presets.values():
+        check_known(values)
+    _METHOD_ENTRIES[name] = (presets, run_tag)
+
+
+def run_tag(cfg: "Config") -> list[str]:
+    """The method's parts of ``cfg``'s run name (``rundir.run_name``)."""
+    return list(_METHOD_ENTRIES[cfg.method][1](cfg))
+
 SIMCLR_LOSSES = ("seed", "standard")
 INSDIS_LOSSES = ("softmax", "nce")
 INSDIS_HEADS = ("linear", "mlp")
@@ -82,10 +127,12 @@ class Config:
     # sync: the whole global batch (SyncBatchNorm)
     dist_bn: str = "groups"
 
-    # BYOL
+    # BYOL's moving-average target
     ema: float = 0.996  # target <- ema * target + (1 - ema) * online, after every step
     ema_schedule: str = "fixed"  # fixed (seed) or cos (BYOL paper: ema -> 1 over training)
     target_init: str = "independent"  # the seed builds the target separately; the paper copies
+
+    # the heads: the projector after the backbone, and the predictor of the methods that have one (BYOL)
     proj_dim: int = 256  # projection (and prediction) output size
     proj_hidden: int = 0  # 0 = the backbone feature size, as in the seed (512 for ResNet-18)
     pred_hidden: int = 256  # the predictor's hidden size
@@ -143,7 +190,7 @@ class Config:
         _check_choice("preset", preset, PRESETS)
         _check_choice("method", method, METHODS)
         check_known(overrides)
-        values = {**_PRESET_VALUES[preset]["all"], **_PRESET_VALUES[preset].get(method, {})}
+        values = {**_PRESET_VALUES[preset], **_METHOD_ENTRIES[method][0].get(preset, {})}
         values.update(method=method, preset=preset)
         values.update(overrides)
         return cls(**values)
@@ -203,58 +250,33 @@ def check_known(settings) -> None:
         raise ConfigError(f"unknown setting {unknown[0]!r}{hint}")
 
 
-# Values that differ from the dataclass defaults, per preset and method.
-_PRESET_VALUES: dict[str, dict[str, dict]] = {
-    "paper": {
-        "all": {},
-        "byol": {},  # the dataclass defaults are the seed's BYOL command
-        # Supervised reference on CIFAR: same backbone and schedule, cross-entropy.
-        "simclr": dict(batch_size=1024, lr=0.3, temperature=0.5),  # the seed's SimCLR command
-        # The seed's InsDis command (run.py): batch 128 on 4 GPUs, lr 0.03, the README's t = 0.30, and
-        # the `normal` pipeline (InsDis never had flips).
-        "insdis": dict(batch_size=128, lr=0.03, temperature=0.3, augment="normal"),
-        "supervised": dict(augment="aug+", batch_size=128, lr=0.1, probe="none"),
-    },
+# Values that differ from the dataclass defaults, per preset, for every method; each method adds its own
+# (the ``presets`` of its class in sslnb/methods/, entered by register_method).
+_PRESET_VALUES: dict[str, dict] = {
+    "paper": {},  # the dataclass defaults are the seed's BYOL command
     # The book's default on a 2-core laptop: the embedded digits, a narrow ResNet-18 (width 8) on 16x16
     # crops, batch 64 with BatchNorm over 32 samples (the seed's per-GPU size for batch 128). Measured on
     # 2 cores: about 7 s per epoch with one thread, so two runs train side by side in ~3 minutes.
-    "cpu": {
-        "all": dict(
-            dataset="digits", width=8, image_size=16, epochs=20, batch_size=64, lr=0.1,
-            lr_milestones=(16, 19), bn_groups=2, augment="normal", download=False, knn_k=50,
-        ),
-        "byol": dict(ema=0.99),
-        # SimCLR keeps the seed's temperature 0.5 and InsDis the seed's learning rate; NCE's K keeps the
-        # paper's share of the data (4096 of 50,000).
-        "insdis": dict(lr=0.03, nce_k=256),
-        "supervised": dict(epochs=15, lr_milestones=(12,), probe="none"),
-    },
+    "cpu": dict(
+        dataset="digits", width=8, image_size=16, epochs=20, batch_size=64, lr=0.1,
+        lr_milestones=(16, 19), bn_groups=2, augment="normal", download=False, knn_k=50,
+    ),
     # Where BYOL and SimCLR beat raw pixels on two cores (bench/byol_map.py, point canvas-10k-w8-40ep; the
     # book's page "How much compute does BYOL need?"): the cpu preset's network and batch on 10,000
     # Fashion-MNIST items placed at a random position and scale on a 32x32 canvas (data.fashion_canvas), for
     # 40 epochs (6,280 steps), 0.015 PFLOP per BYOL run; measured after every 5th epoch (and the last). On
     # plain Fashion-MNIST (point fashion-10k-w8-40ep, the preset until issue 25) BYOL learns but no method
     # beats the raw pixels; at half the cost (batch 32, 20 epochs) BYOL falls below them again.
-    "laptop": {
-        "all": dict(
-            dataset="fashion-canvas", train_size=10000, width=8, image_size=16, epochs=40, batch_size=64, lr=0.1,
-            lr_milestones=(32, 38), bn_groups=2, augment="normal", download=True, knn_k=50, eval_every=5,
-        ),
-        "byol": dict(ema=0.99),
-        "insdis": dict(lr=0.03, nce_k=256),
-        "supervised": dict(epochs=15, lr_milestones=(12,), probe="none"),
-    },
+    "laptop": dict(
+        dataset="fashion-canvas", train_size=10000, width=8, image_size=16, epochs=40, batch_size=64, lr=0.1,
+        lr_milestones=(32, 38), bn_groups=2, augment="normal", download=True, knn_k=50, eval_every=5,
+    ),
     # Seconds: for tests. Tiny data, a tiny network, two epochs.
-    "smoke": {
-        "all": dict(
-            dataset="digits", width=4, image_size=16, train_size=256, epochs=2, batch_size=64,
-            lr=0.05, lr_milestones=(1,), bn_groups=2, augment="normal", download=False,
-            knn_k=20, probe_epochs=5, probe_milestones=(3,), proj_dim=32, pred_hidden=32,
-        ),
-        "byol": dict(ema=0.9),
-        "insdis": dict(nce_k=32),
-        "supervised": dict(probe="none"),
-    },
+    "smoke": dict(
+        dataset="digits", width=4, image_size=16, train_size=256, epochs=2, batch_size=64,
+        lr=0.05, lr_milestones=(1,), bn_groups=2, augment="normal", download=False,
+        knn_k=20, probe_epochs=5, probe_milestones=(3,), proj_dim=32, pred_hidden=32,
+    ),
 }
 
 
@@ -458,8 +480,9 @@ def settings_markdown() -> str:
     out = ["# Every setting", "",
            "Every field of `sslnb.config.Config`, generated from the dataclass (its comments and defaults) "
            "when the book is built. Each is a flag of `python -m sslnb.train` (`--bn-code 010`), a keyword of "
-           "`Config.from_preset` and a key of a run's `config.json`; the presets (`smoke`, `cpu`, `paper`) "
-           "change some defaults (see `_PRESET_VALUES` in `sslnb/config.py`).", ""]
+           "`Config.from_preset` and a key of a run's `config.json`; the presets (`smoke`, `cpu`, `laptop`, "
+           "`paper`) change some defaults (see `_PRESET_VALUES` in `sslnb/config.py`, and each method's "
+           "`presets` in `sslnb/methods/`).", ""]
     for title, docs in field_docs():
         out += [f"## {title[:1].upper() + title[1:] if title else 'What to train'}", "",
                 "| flag (field) | meaning | default | type, allowed |", "|---|---|---|---|"]

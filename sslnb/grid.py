@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import sys
@@ -36,14 +37,14 @@ from tqdm.auto import tqdm
 
 from . import dist
 from .augment import BatchAugment
-from .config import Config, ConfigError
+from .config import Config, ConfigError, nearest, parse_value
 from .data import DatasetUnavailable, batches_per_epoch, dataset_of, steps_per_epoch
 from .evaluate import epoch_record
 from .grouped import GroupedNetwork
-from .methods import build_method
+from .methods import CLASSES, build_method
 from .optim import build_optimizer, learning_rate, member_rates, set_learning_rate, step_with_rates
 from .rundir import (PENDING, RunDirError, claim, commit_pending, config_difference, finished, lock, provenance,
-                     read_config, settle_pending, verify_resume, write_json_atomic)
+                     read_config, run_name, settle_pending, verify_resume, write_json_atomic)
 from .train import (batch_views, check_finite, epoch_randomness, epoch_summary, finish, make_run_dir, use_bf16,
                     use_channels_last, write_epoch, write_metrics)
 
@@ -72,8 +73,9 @@ def note(message: str) -> None:
 
 def grid_key(cfg: Config) -> str | None:
     """Configs with equal keys can train as one grid; None for a config that trains alone (several
-    processes, or InsDis's NCE, whose negatives come from the global random stream)."""
-    if cfg.world_size != 1 or (cfg.method == "insdis" and cfg.insdis_loss == "nce"):
+    processes, or a method's own refusal, ``Method.grid_refusal``: InsDis's NCE, whose negatives come from
+    the global random stream)."""
+    if cfg.world_size != 1 or CLASSES[cfg.method].grid_refusal(cfg):
         return None
     settings = {k: v for k, v in cfg.to_dict().items() if k not in GRID_FIELDS + PER_RUN_FIELDS}
     return json.dumps(settings, sort_keys=True, default=list)
@@ -83,7 +85,7 @@ def grid_refusal(cfgs: list[Config]) -> str | None:
     """Why ``cfgs`` cannot train as one grid (one line naming the setting), or None when they can."""
     for c in cfgs:
         if grid_key(c) is None:
-            why = "several processes" if c.world_size != 1 else "InsDis with NCE draws from the global random stream"
+            why = "several processes" if c.world_size != 1 else CLASSES[c.method].grid_refusal(c)
             return f"these runs cannot train as one grid: a {c.method} run with {why} trains alone"
     first = cfgs[0].to_dict()
     for c in cfgs[1:]:
@@ -370,17 +372,64 @@ def _config_from_grid(run_dir: Path, known: dict[Path, Config]) -> Config:
                       f"python -m sslnb.train --run-dir {run_dir} and its settings, or give it a config.json")
 
 
+def configs_from_options(method: str, preset: str, seeds: str, vary: list[str], settings: list[str]) -> list[Config]:
+    """The grid ``--method M --preset P --seeds 0,1 --vary bn_code=111,000 --set epochs=10`` describes: the
+    preset's config of the method with the ``--set`` settings, one run for every combination of the seeds
+    and the ``--vary`` values (each a field of :data:`GRID_FIELDS`)."""
+    def pair(text: str, flag: str) -> tuple[str, str]:
+        if "=" not in text:
+            raise ConfigError(f"{flag} {text!r}: expected FIELD=VALUE")
+        name, value = text.split("=", 1)
+        return name.strip().replace("-", "_"), value
+
+    common = {}
+    for text in settings:
+        name, value = pair(text, "--set")
+        common[name] = parse_value(name, value)
+    axes = [("seed", [parse_value("seed", s) for s in seeds.split(",") if s.strip()])]
+    for text in vary:
+        name, values = pair(text, "--vary")
+        if name not in GRID_FIELDS:
+            raise ConfigError(f"--vary {name}: a grid's runs may differ only in {', '.join(GRID_FIELDS)}"
+                              f"{nearest(name, GRID_FIELDS)}")
+        axes.append((name, [parse_value(name, v) for v in values.split(",")]))
+    base = Config.from_preset(preset, method, **common)
+    return [base.replace(**dict(zip([n for n, _ in axes], combo)))
+            for combo in itertools.product(*[values for _, values in axes])]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sslnb.grid",
-                                description="Train run directories (each holding its config.json) as one grid.")
-    p.add_argument("run_dirs", nargs="+", help="run directories, each with a config.json (a run moved aside "
+                                description="Train run directories as one grid: directories that hold their "
+                                            "config.json, or the runs --method/--preset/--seeds/--vary describe.")
+    p.add_argument("run_dirs", nargs="*", help="run directories, each with a config.json (a run moved aside "
                                                 "is started again from the grid's record in the others)")
+    p.add_argument("--method", help="create the runs of this method instead (under --run-root, named by "
+                                    "their configs)")
+    p.add_argument("--preset", default="cpu", help="with --method: the preset (default: cpu)")
+    p.add_argument("--seeds", default="0", help="with --method: comma-separated seeds (default: 0)")
+    p.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2",
+                   help=f"with --method: one run per value (fields: {', '.join(GRID_FIELDS)})")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="with --method: a setting of every run (any field of sslnb.config.Config)")
+    p.add_argument("--run-root", default="runs", help="with --method: where the run directories go (default: runs)")
+    p.add_argument("--dry-run", action="store_true", help="print the run directories, train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--wait", action="store_true", help="wait for another process that holds a run (default: refuse)")
     args = p.parse_args(argv)
+    if bool(args.method) == bool(args.run_dirs):
+        p.error("give run directories, or --method (with --preset, --seeds, --vary, --set), not both")
     try:
-        run_dirs = [Path(d) for d in args.run_dirs]
-        train_grid(read_grid_configs(run_dirs), run_dirs, progress=not args.quiet, wait=args.wait)
+        if args.method:
+            cfgs = configs_from_options(args.method, args.preset, args.seeds, args.vary, args.set)
+            run_dirs = [Path(args.run_root) / run_name(c) for c in cfgs]
+        else:
+            run_dirs = [Path(d) for d in args.run_dirs]
+            cfgs = read_grid_configs(run_dirs)
+        if args.dry_run:
+            print("\n".join(map(str, run_dirs)))
+            return 0
+        train_grid(cfgs, run_dirs, progress=not args.quiet, wait=args.wait)
     except (ConfigError, DatasetUnavailable, FloatingPointError, RunDirError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return getattr(e, "status", 2)

@@ -89,21 +89,25 @@ class CifarResNet(nn.Module):
 
 
 class MLP(nn.Module):
-    """Linear -> [BatchNorm1d] -> ReLU -> Linear: every head of the study. (B, in_dim) -> (B, out_dim).
+    """Linear -> [BatchNorm1d] -> ReLU -> Linear [-> BatchNorm1d]: every head of the study.
+    (B, in_dim) -> (B, out_dim).
 
-    The layers are named ``fc1``, ``bn``, ``fc2`` whether or not the BN is there, so that parameters of
-    heads with and without BN can be matched by name (the seed's EMA does exactly that).
+    The layers are named ``fc1``, ``bn``, ``fc2`` (and ``out_bn``) whether or not the BNs are there, so
+    that parameters of heads with and without BN can be matched by name (the seed's EMA does exactly
+    that). ``out_bn`` puts a BatchNorm on the output, as SimCLR's and SimSiam's papers do after their
+    projectors (the seed's heads have none).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, bn: bool = True, affine: bool = True,
-                 bn_groups: int = 1):
+                 bn_groups: int = 1, out_bn: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.bn = GhostBatchNorm1d(hidden_dim, bn_groups, affine=affine) if bn else nn.Identity()
         self.fc2 = nn.Linear(hidden_dim, out_dim)
+        self.out_bn = GhostBatchNorm1d(out_dim, bn_groups, affine=affine) if out_bn else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.bn(self.fc1(x))))
+        return self.out_bn(self.fc2(F.relu(self.bn(self.fc1(x)))))
 
 
 class Encoder(nn.Module):

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import seaborn as sns
 
+from .config import METHODS
+from .methods import CLASSES
 from .runs import Run
 from .tsne import tsne, tsne_fast
 
@@ -269,7 +271,7 @@ def frontier_summary(rows: list[dict], margin: float | None = None) -> list[dict
     for (point, method), rs in groups.items():
         stronger = [max(r["untrained_knn"], r["untrained_knn_calibrated"]) for r in rs]
         kinds = [compare_with_references(r["knn_final"], u, r["raw_pixel_knn"], margin) for r, u in zip(rs, stronger)]
-        if method == "supervised":
+        if method in CLASSES and CLASSES[method].labelled:
             verdict = "reference"
         elif len(rs) >= 2 and all(k == "both" for k in kinds):
             verdict = "beats both"
@@ -287,19 +289,30 @@ def frontier_summary(rows: list[dict], margin: float | None = None) -> list[dict
     return out
 
 
+# The book's colour for each method (a method registered later gets the next free one of matplotlib's cycle).
+METHOD_COLOURS = {"simclr": "C0", "insdis": "C1", "supervised": "C2", "byol": "C3"}
+
+
+def method_colour(method: str) -> str:
+    """One colour per method, the same on every page."""
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    others = [m for m in METHODS if m not in METHOD_COLOURS]
+    return f"C{len(METHOD_COLOURS) + (others.index(method) if method in others else len(others))}"
+
+
 def compute_map(axes, rows: list[dict], threshold: float = 10.0) -> None:
     """The map: each run's kNN gain over the calibrated untrained network against its training compute
     (FLOP, log scale; left) and against the core-hours it took (right); one colour per method, one
     marker per dataset, the ``threshold`` as a dashed line and no gain as a dotted one."""
     markers = {"digits": "o", "fashion": "s", "fashion-canvas": "D", "cifar10": "^", "cifar100": "v"}
-    colours = {"byol": "C3", "simclr": "C0", "supervised": "C2"}
     axes = np.atleast_1d(axes)
     for ax, key, label in zip(axes, ("train_flop", "core_hours"),
                               ("training compute (FLOP)", "core-hours on the machine that ran it")):
         seen = set()
         for r in rows:
             tag = (r["method"], r["dataset"])
-            ax.scatter(r[key], r["knn_final"] - r["untrained_knn_calibrated"], color=colours.get(r["method"], "k"),
+            ax.scatter(r[key], r["knn_final"] - r["untrained_knn_calibrated"], color=method_colour(r["method"]),
                        marker=markers.get(r["dataset"], "x"), s=28, alpha=0.8,
                        label=f"{r['method']}, {r['dataset']}" if tag not in seen else None)
             seen.add(tag)

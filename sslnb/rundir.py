@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config, ConfigError, field_names
+from .config import Config, ConfigError, field_names, run_tag
 from .data import CANVAS, DIGITS_VERSION
 
 
@@ -73,13 +73,7 @@ def run_name(cfg: Config) -> str:
     if cfg.dataset == "fashion-canvas":  # so is a new canvas
         ident["canvas"] = CANVAS
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
-    parts = [cfg.method, cfg.dataset]
-    if cfg.method == "byol":
-        parts.append(cfg.bn_code)
-    elif cfg.method == "simclr":
-        parts += [cfg.simclr_loss, f"t{cfg.temperature:g}"]
-    elif cfg.method == "insdis":
-        parts += [cfg.insdis_loss + ("-mlp" if cfg.insdis_head == "mlp" else ""), f"t{cfg.temperature:g}"]
+    parts = [cfg.method, cfg.dataset, *run_tag(cfg)]  # the method's own parts (its class's run_tag)
     parts += [cfg.augment.replace("+", "plus"), f"e{cfg.epochs}", f"s{cfg.seed}", digest]
     return "-".join(parts)
 

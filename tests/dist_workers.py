@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from sslnb import dist
-from sslnb.config import Config
+from sslnb.config import METHODS, Config
 from sslnb.methods import build_method
 from sslnb.optim import build_optimizer
 from sslnb.train import train_step
@@ -56,6 +56,10 @@ SCENARIOS = {
     "insdis-nce": dict(method="insdis", bn_groups=2, insdis_loss="nce", nce_k=16, temperature=0.1),
     "byol": dict(method="byol", bn_groups=2),
 }
+# Every registered method at its smoke settings (tests/test_dist.py compares each with one process): a method
+# that registers itself is tested without an edit here.
+for _name in METHODS:
+    SCENARIOS.setdefault(_name, dict(method=_name, bn_groups=2))
 
 
 def config(name: str, world_size: int = 1) -> Config:

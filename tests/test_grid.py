@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from sslnb import dist
-from sslnb.config import Config, ConfigError
+from sslnb.config import METHODS, Config, ConfigError
 from sslnb.grid import grid_batches, grid_step, plan, split_outputs, stream_of, train_grid
 from sslnb.grouped import GroupedNetwork
-from sslnb.methods import build_method
+from sslnb.methods import CLASSES, build_method
 from sslnb.optim import build_optimizer, member_rates, set_learning_rate
 from sslnb.runs import launch, load_run
 from sslnb.train import train, train_step
@@ -62,6 +62,12 @@ CASES = {
     "simclr-losses": [Config.from_preset("smoke", "simclr", simclr_loss=loss) for loss in ("seed", "standard")],
     "supervised-seeds": [Config.from_preset("smoke", "supervised", seed=s) for s in (0, 1)],
 }
+# Every registered method on two seeds at its smoke settings, unless a case above has its seeds already: a
+# method that registers itself gets this test without an edit here (those that refuse a grid are excluded,
+# with their own reason: Method.grid_refusal).
+for _m in METHODS:
+    if not CLASSES[_m].grid_refusal(Config.from_preset("smoke", _m)) and not any(k.startswith(f"{_m}-seeds") for k in CASES):
+        CASES[f"{_m}-seeds"] = [Config.from_preset("smoke", _m, seed=s) for s in (0, 1)]
 
 
 @pytest.fixture
@@ -267,3 +273,20 @@ def test_runs_measured_at_different_epochs_share_a_grid(tmp_path):
     for c in cfgs:
         measured = [r["epoch"] for r in records(tmp_path / str(c.seed)) if r["kind"] == "epoch" and "knn" in r]
         assert measured == ([0, 1, 2] if c.eval_every == 1 else [0, 2])
+
+
+def test_the_grid_command_creates_its_run_directories_from_a_method_and_seeds(tmp_path, capsys):
+    from sslnb.grid import main
+
+    args = ["--method", "simclr", "--preset", "smoke", "--seeds", "0,1", "--vary", "temperature=0.2",
+            "--set", "epochs=1", "--set", "train_size=128", "--run-root", str(tmp_path), "--quiet"]
+    assert main([*args, "--dry-run"]) == 0
+    named = capsys.readouterr().out.split()
+    assert len(named) == 2 and not any(tmp_path.iterdir())  # a dry run writes nothing
+    assert main(args) == 0
+    runs = [load_run(p) for p in sorted(tmp_path.iterdir())]
+    assert sorted(map(str, (r.path for r in runs))) == sorted(named)
+    assert all(r.done and r.config.temperature == 0.2 and r.config.epochs == 1 for r in runs)
+    assert sorted(r.config.seed for r in runs) == [0, 1]
+    assert main(["--method", "simclr", "--vary", "epochs=1,2", "--dry-run"]) == 2  # not a grid field
+    assert "may differ only in" in capsys.readouterr().err

@@ -150,3 +150,15 @@ def test_byol_forward_gradient_reaches_online_and_predictor_only():
 def test_mlp_layers_are_named_for_matching():
     names = [n for n, _ in MLP(4, 8, 2, bn=True).named_parameters()]
     assert names == ["fc1.weight", "fc1.bias", "bn.weight", "bn.bias", "fc2.weight", "fc2.bias"]
+
+
+def test_mlp_output_batchnorm_normalises_each_ghost_group_and_is_off_by_default():
+    torch.manual_seed(0)
+    x = torch.randn(16, 4) * 5 + 3
+    plain, normed = MLP(4, 8, 6, bn=False), MLP(4, 8, 6, bn=False, bn_groups=2, out_bn=True)
+    assert isinstance(plain.out_bn, torch.nn.Identity)
+    z = normed(x)
+    for part in z.chunk(2):  # each ghost group of 8 samples on its own
+        assert torch.allclose(part.mean(0), torch.zeros(6), atol=1e-5)
+        assert torch.allclose(part.var(0, unbiased=False), torch.ones(6), atol=1e-3)
+    assert [n for n, _ in normed.named_parameters()][-2:] == ["out_bn.weight", "out_bn.bias"]

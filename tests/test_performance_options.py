@@ -9,7 +9,7 @@ to bf16 rounding, on a wider network."""
 import pytest
 import torch
 
-from sslnb.config import Config
+from sslnb.config import METHODS, Config
 from sslnb.methods import build_method
 from sslnb.optim import build_optimizer
 from sslnb.train import apply_performance_options, train_step
@@ -39,7 +39,7 @@ def one_step(method_name, dtype=torch.float32, **options):
     return loss.item(), grads, before
 
 
-@pytest.mark.parametrize("method_name", ["byol", "simclr", "insdis"])
+@pytest.mark.parametrize("method_name", list(METHODS))
 def test_channels_last_changes_nothing(method_name):
     loss_a, _, init_a = one_step(method_name, channels_last="off")
     loss_b, _, init_b = one_step(method_name, channels_last="on")
@@ -51,28 +51,39 @@ def test_channels_last_changes_nothing(method_name):
     close(grads_a, grads_b, 1e-9)
 
 
-def test_bf16_autocast_agrees_to_bf16_rounding():
+@pytest.mark.parametrize("method_name", list(METHODS))
+def test_bf16_autocast_agrees_to_bf16_rounding(method_name):
     """Rounding only the input images to bf16 already turns the backbone's gradient by cos ~0.98 in
     this network; bf16 autocast rounds every convolution, so the backbone is held to cos > 0.9 and the
-    head to cos > 0.95 (its first layer) and > 0.99 (the rest)."""
-    loss_a, grads_a, _ = one_step("simclr", amp="none", width=32)
-    loss_b, grads_b, _ = one_step("simclr", amp="bf16", width=32)
+    head to cos > 0.95 (SimCLR's to > 0.99 beyond its first layer; BYOL's projector BatchNorm, behind
+    the predictor, reaches 0.98)."""
+    loss_a, grads_a, _ = one_step(method_name, amp="none", width=32)
+    loss_b, grads_b, _ = one_step(method_name, amp="bf16", width=32)
     assert loss_a == pytest.approx(loss_b, rel=1e-2) and loss_a != loss_b  # bf16 really ran
     cos = lambda a, b: torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)  # noqa: E731
     assert cos(torch.cat([g.flatten() for g in grads_a.values()]),
                torch.cat([grads_b[n].flatten() for n in grads_a])) > 0.9
     for name in grads_a:
         if "projector" in name and grads_a[name].norm() > 1e-6:  # (fc1's bias feeds a BN: gradient 0) fc1 sees the rounded backbone feature, fc2 and the BN less so
-            assert cos(grads_a[name], grads_b[name]) > (0.95 if "fc1" in name else 0.99), name
+            strict = method_name == "simclr" and "fc1" not in name
+            assert cos(grads_a[name], grads_b[name]) > (0.99 if strict else 0.95), name
 
 
-def test_torch_compile_changes_nothing():
+@pytest.mark.parametrize("method_name", list(METHODS))
+def test_torch_compile_changes_nothing(method_name, monkeypatch):
+    """Every method through TorchDynamo and AOTAutograd (the ``aot_eager`` backend: the capture of its
+    forward and backward, where a method breaks under ``compile``); InsDis also through the default
+    inductor backend, which generates C++ (two minutes for BYOL's graphs on two cores, so once)."""
     import shutil
 
-    if not (shutil.which("g++") or shutil.which("c++")):
-        pytest.skip("torch.compile on a CPU needs a C++ compiler")
-    loss_a, grads_a, _ = one_step("insdis", torch.float64, compile=False)
-    loss_b, grads_b, _ = one_step("insdis", torch.float64, compile=True)
+    if method_name == "insdis":
+        if not (shutil.which("g++") or shutil.which("c++")):
+            pytest.skip("torch.compile's inductor on a CPU needs a C++ compiler")
+    else:
+        compile_ = torch.compile
+        monkeypatch.setattr(torch, "compile", lambda m, **kw: compile_(m, backend="aot_eager", **kw))
+    loss_a, grads_a, _ = one_step(method_name, torch.float64, compile=False)
+    loss_b, grads_b, _ = one_step(method_name, torch.float64, compile=True)
     assert loss_a == pytest.approx(loss_b, rel=1e-10)
     close(grads_a, grads_b, 1e-8)
 

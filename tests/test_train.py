@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sslnb.config import Config
+from sslnb.config import METHODS, Config
 from sslnb.rundir import run_name
 from sslnb.runs import find_runs, launch, load_run
 from sslnb.train import train
@@ -117,17 +117,20 @@ def test_cifar_code_path_on_small_files(tmp_path):
     assert run.done and run.result["train_images"] == 120
 
 
-@pytest.mark.parametrize("method,overrides", [
-    ("insdis", {}), ("insdis", {"insdis_loss": "nce", "insdis_head": "mlp"}),
-    ("simclr", {"simclr_loss": "seed"}), ("simclr", {"simclr_loss": "standard"}),
-])
+# Every registered method at its smoke settings, but those with their own end-to-end test here (BYOL: the
+# smoke run above; the supervised reference: below), and the variants of a loss or head.
+OWN_TESTS = {"byol", "supervised"}
+VARIANTS = [("insdis", {"insdis_loss": "nce", "insdis_head": "mlp"}), ("simclr", {"simclr_loss": "standard"})]
+
+
+@pytest.mark.parametrize("method,overrides", [(m, {}) for m in METHODS if m not in OWN_TESTS] + VARIANTS)
 def test_other_methods_write_valid_run_directories(tmp_path, method, overrides):
     cfg = Config.from_preset("smoke", method, epochs=2, **overrides)
     run = load_run(train(cfg, tmp_path / method, progress=False))
     assert run.done and [r["epoch"] for r in run.records("epoch")] == [0, 1, 2]
-    assert all(0 <= r["loss"] < 1e3 for r in run.records("step"))
+    assert all(abs(r["loss"]) < 1e3 for r in run.records("step"))  # finite (a negative cosine may be < 0)
     f = run.features()
-    assert f["h"].shape == (1000, 32) and f["z"].shape == (1000, 128)
+    assert f["h"].shape == (1000, 32) and f["z"].shape[0] == 1000
     assert 0 <= run.result["probe_best"] <= 100
     if method == "insdis":  # the seed's monitor against the memory bank is logged every epoch
         assert all("knn_bank" in r for r in run.records("epoch"))

@@ -9,20 +9,24 @@
   ``lr_mult`` scales the learning rate);
 - ``backbone``: the network that is evaluated (kNN, linear probe, t-SNE), and ``embed(x) -> (h, z)``;
 - ``knn_banks()`` and ``predict(h)``: what the evaluation measures beyond the common metrics.
+
+A method is one file: a module in this folder whose class sets ``name`` (and, where it needs them,
+``presets``, ``run_tag`` and ``grid_refusal``) registers itself when the package is imported, which
+importing anything of ``sslnb`` does. Nothing else in the house lists the methods.
 """
 
 from __future__ import annotations
 
-from ..config import METHODS, Config
-from .base import Method
-from .byol import BYOL
-from .insdis import InsDis
-from .simclr import SimCLR
-from .supervised import Supervised
+import importlib
+import pkgutil
 
-# Each name of sslnb.config.METHODS (the one list) to its class.
-CLASSES: dict[str, type[Method]] = {"byol": BYOL, "simclr": SimCLR, "insdis": InsDis, "supervised": Supervised}
-assert set(CLASSES) == set(METHODS), "sslnb.config.METHODS and sslnb.methods.CLASSES must name the same methods"
+from ..config import Config
+from .base import CLASSES, Method
+
+for _module in pkgutil.iter_modules(__path__):  # every method module registers its class on import
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["CLASSES", "Method", "build_method"]
 
 
 def build_method(cfg: Config, num_classes: int, num_train: int) -> Method:

@@ -59,6 +59,9 @@ def ema_update(target: nn.Module, online: nn.Module, m: float | torch.Tensor) ->
 
 
 class BYOL(Method):
+    name = "byol"
+    # the dataclass defaults are the seed's command (paper); a faster target at the small presets
+    presets = {"cpu": dict(ema=0.99), "laptop": dict(ema=0.99), "smoke": dict(ema=0.9)}
     n_views = 2
     forwards = 4  # two views through the online and the target network
 
@@ -71,6 +74,10 @@ class BYOL(Method):
         if cfg.target_init == "copy":  # as in the BYOL paper
             ema_update(self.target, self.online, 0.0)
         self.target.requires_grad_(False)
+
+    @classmethod
+    def run_tag(cls, cfg: Config) -> list[str]:
+        return [cfg.bn_code]
 
     @property
     def backbone(self) -> nn.Module:
@@ -85,17 +92,12 @@ class BYOL(Method):
         return [{"params": list(self.online.parameters())},
                 {"params": list(self.predictor.parameters()), "lr_mult": self.cfg.pred_lr_mult}]
 
-    def _forward_views(self, net: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self.cfg.view_bn == "joint":  # both views in one BN batch
-            return list(net(torch.cat(views))[1].chunk(len(views)))
-        return [net(v)[1] for v in views]  # each view its own BN batch, as the seed's two forwards
-
     def outputs(self, views) -> dict:
         """The network part of a step: online predictions ``p`` and target projections ``z`` of each
         view, and the online projections ``z_online`` (lists of (B, proj_dim) tensors)."""
-        z_online = self._forward_views(self.online, views)
+        z_online = self.forward_views(self.online, views)
         with torch.no_grad():  # stop-gradient: the target only provides regression targets
-            z_target = self._forward_views(self.target, views)
+            z_target = self.forward_views(self.target, views)
         return {"p": [self.predictor(z) for z in z_online], "z": z_target, "z_online": z_online}
 
     def objective(self, out: dict, y=None, idx=None):

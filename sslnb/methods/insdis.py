@@ -29,8 +29,24 @@ def head(cfg: Config, in_dim: int) -> nn.Module:
 
 
 class InsDis(Method):
+    name = "insdis"
+    # The seed's InsDis command (run.py): batch 128 on 4 GPUs, lr 0.03, the README's t = 0.30, and the
+    # `normal` pipeline (InsDis never had flips). The small presets keep the seed's learning rate; NCE's K
+    # keeps the paper's share of the data (4096 of 50,000).
+    presets = {"paper": dict(batch_size=128, lr=0.03, temperature=0.3, augment="normal"),
+               "cpu": dict(lr=0.03, nce_k=256), "laptop": dict(lr=0.03, nce_k=256), "smoke": dict(nce_k=32)}
     n_views = 1
     after_step_on = "run"  # the memory bank
+
+    @classmethod
+    def run_tag(cls, cfg: Config) -> list[str]:
+        return [cfg.insdis_loss + ("-mlp" if cfg.insdis_head == "mlp" else ""), f"t{cfg.temperature:g}"]
+
+    @classmethod
+    def grid_refusal(cls, cfg: Config) -> str | None:
+        if cfg.insdis_loss == "nce":
+            return "InsDis with NCE draws from the global random stream"
+        return None
 
     @classmethod
     def build(cls, cfg: Config, num_classes: int, num_train: int) -> "InsDis":

@@ -19,8 +19,14 @@ from .base import Method
 
 
 class SimCLR(Method):
+    name = "simclr"
+    presets = {"paper": dict(batch_size=1024, lr=0.3, temperature=0.5)}  # the seed's SimCLR command
     n_views = 2
     forwards = 2
+
+    @classmethod
+    def run_tag(cls, cfg: Config) -> list[str]:
+        return [cfg.simclr_loss, f"t{cfg.temperature:g}"]
 
     def __init__(self, cfg: Config):
         super().__init__()

@@ -16,6 +16,13 @@ from .base import Method
 
 
 class Supervised(Method):
+    name = "supervised"
+    labelled = True
+    # the same backbone and schedule as the self-supervised runs, with labels and cross-entropy; shorter at
+    # the small presets, and no linear probe (the classifier is its own)
+    presets = {"paper": dict(augment="aug+", batch_size=128, lr=0.1, probe="none"),
+               "cpu": dict(epochs=15, lr_milestones=(12,), probe="none"),
+               "laptop": dict(epochs=15, lr_milestones=(12,), probe="none"), "smoke": dict(probe="none")}
     n_views = 1
 
     @classmethod
