@@ -402,6 +402,22 @@ def compare_with_references(score: float, untrained: float, pixels: float, margi
     return "neither"
 
 
+def learns_sentence(name: str, kinds: list[str], margin: float = CLEAR_MARGIN) -> str:
+    """The verdict on a method from its seeds' :func:`compare_with_references` outcomes, as a sentence:
+    what it clearly beats on *every* seed (a claim that a method learns needs two seeds at least)."""
+    n = len(kinds)
+    if n < 2:
+        return f"{name} has {n} seed here: too few to say whether it learns."
+    if all(k == "both" for k in kinds):
+        what = "clearly beats both the untrained network and raw pixels"
+    elif all(k in ("both", "untrained") for k in kinds):
+        what = "clearly beats the untrained network, but not raw pixels,"
+    else:
+        return (f"{name} does not clearly beat the untrained network on every one of its {n} seeds "
+                f"(by {margin:g} kNN points).")
+    return f"{name} {what} on every one of its {n} seeds (by {margin:g} kNN points at least)."
+
+
 COLLAPSE_FRACTION = 0.1  # z_std below this fraction of 1/sqrt(d) counts as collapsed
 
 

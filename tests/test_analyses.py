@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sslnb.augment import BatchAugment
 from sslnb.config import Config, ConfigError
 from sslnb.data import dataset_of, steps_per_epoch
-from sslnb.evaluate import (bn_affine_drift, collapsed, compare_with_references, negative_gradient_share,
+from sslnb.evaluate import (bn_affine_drift, collapsed, compare_with_references, learns_sentence, negative_gradient_share,
                             raw_pixel_knn)
 from sslnb.losses import logit_matrices, nt_xent, nt_xent_seed
 from sslnb.methods import CLASSES
@@ -52,6 +52,13 @@ def test_negative_gradient_share_against_the_softmax_weights():
 @pytest.mark.parametrize("score,expected", [(40.0, "both"), (32.0, "untrained"), (29.0, "neither")])
 def test_compare_with_references_needs_five_points(score, expected):
     assert compare_with_references(score, untrained=25.0, pixels=34.0) == expected
+
+
+def test_learns_sentence_needs_every_seed_and_two_of_them():
+    assert "clearly beats both" in learns_sentence("X", ["both", "both"])
+    assert "not raw pixels" in learns_sentence("X", ["both", "untrained"])
+    assert "does not clearly beat" in learns_sentence("X", ["both", "neither"])
+    assert "too few" in learns_sentence("X", ["both"])
 
 
 def test_collapsed_is_a_tenth_of_the_spread_reference():

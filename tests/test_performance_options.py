@@ -44,7 +44,8 @@ def test_channels_last_changes_nothing(method_name):
     loss_a, _, init_a = one_step(method_name, channels_last="off")
     loss_b, _, init_b = one_step(method_name, channels_last="on")
     assert all(torch.equal(init_a[k], init_b[k]) for k in init_a)
-    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    # relative to the loss, or to 1 for a loss near 0 (a negative cosine at initialisation)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5, abs=1e-5)
     loss_a, grads_a, _ = one_step(method_name, torch.float64, channels_last="off")
     loss_b, grads_b, _ = one_step(method_name, torch.float64, channels_last="on")
     assert loss_a == pytest.approx(loss_b, rel=1e-12)
@@ -54,19 +55,21 @@ def test_channels_last_changes_nothing(method_name):
 @pytest.mark.parametrize("method_name", list(METHODS))
 def test_bf16_autocast_agrees_to_bf16_rounding(method_name):
     """Rounding only the input images to bf16 already turns the backbone's gradient by cos ~0.98 in
-    this network; bf16 autocast rounds every convolution, so the backbone is held to cos > 0.9 and the
-    head to cos > 0.95 (SimCLR's to > 0.99 beyond its first layer; BYOL's projector BatchNorm, behind
-    the predictor, reaches 0.98)."""
+    this network; bf16 autocast rounds every convolution, so the whole gradient is held to cos > 0.85 (a
+    negative-cosine loss, near 0 at initialisation, gives the smallest agreement: about 0.9) and the
+    head to cos > 0.9 (SimCLR's to > 0.99 beyond its first layer, which sees the rounded backbone feature;
+    measured lowest: BYOL's projector BatchNorm 0.98, SimSiam's 0.94 at a loss near 0)."""
     loss_a, grads_a, _ = one_step(method_name, amp="none", width=32)
     loss_b, grads_b, _ = one_step(method_name, amp="bf16", width=32)
-    assert loss_a == pytest.approx(loss_b, rel=1e-2) and loss_a != loss_b  # bf16 really ran
+    # 1% of the loss, or of 1 for a loss near 0; and bf16 really ran
+    assert loss_a == pytest.approx(loss_b, rel=1e-2, abs=1e-2) and loss_a != loss_b
     cos = lambda a, b: torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)  # noqa: E731
     assert cos(torch.cat([g.flatten() for g in grads_a.values()]),
-               torch.cat([grads_b[n].flatten() for n in grads_a])) > 0.9
+               torch.cat([grads_b[n].flatten() for n in grads_a])) > 0.85
     for name in grads_a:
         if "projector" in name and grads_a[name].norm() > 1e-6:  # (fc1's bias feeds a BN: gradient 0) fc1 sees the rounded backbone feature, fc2 and the BN less so
-            strict = method_name == "simclr" and "fc1" not in name
-            assert cos(grads_a[name], grads_b[name]) > (0.99 if strict else 0.95), name
+            least = 0.99 if method_name == "simclr" and "fc1" not in name else 0.9
+            assert cos(grads_a[name], grads_b[name]) > least, name
 
 
 @pytest.mark.parametrize("method_name", list(METHODS))
