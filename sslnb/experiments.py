@@ -79,10 +79,14 @@ def byol_chapter(preset: str = "cpu", dataset: str | None = None, device: str = 
                  data_root: str = "data") -> dict[str, Config]:
     """BYOL with the seed's two augmentation pipelines (``normal``: its first row; ``aug+``), ``aug+``
     again with seed 1 (a claim that BYOL learns needs two seeds; at the laptop preset this is the
-    variance chapter's run), plus the references."""
-    base = Config.from_preset(preset, "byol", **_extra(device, data_root, dataset))
+    variance chapter's run), SimSiam (BYOL without the moving-average target) like ``aug+`` on the same
+    two seeds (``simsiam``, ``simsiam seed=1``), plus the references."""
+    extra = _extra(device, data_root, dataset)
+    base = Config.from_preset(preset, "byol", **extra)
+    siam = Config.from_preset(preset, "simsiam", augment="aug+", **extra)
     return {"byol": base.replace(augment="normal"), "byol aug+": base.replace(augment="aug+"),
-            "byol aug+ seed=1": base.replace(augment="aug+", seed=1), **references(preset, dataset, device, data_root)}
+            "byol aug+ seed=1": base.replace(augment="aug+", seed=1), "simsiam": siam,
+            "simsiam seed=1": siam.replace(seed=1), **references(preset, dataset, device, data_root)}
 
 
 def insdis_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
