@@ -172,6 +172,34 @@ def table(rows: list[dict], runs: dict | None = None, precision: int = 1, format
             .hide(axis="index").set_caption(caption or table_caption(runs)))
 
 
+def show_source(dotted: str):
+    """The source of a library function, class or method, by its dotted name (``"sslnb.losses.nt_xent"``,
+    ``"sslnb.methods.byol.BYOL.outputs"``), syntax-highlighted: the chapters show the code they teach this
+    way, so that it reads the same in JupyterLab, in a papermill output and on the site (a MyST
+    ``literalinclude`` shows only on the site). A name that does not resolve is a one-line error."""
+    import importlib
+    import inspect
+    import textwrap
+
+    from IPython.display import Code
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):  # the longest importable module prefix, then attributes
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+            break
+        except ModuleNotFoundError:
+            continue
+    else:
+        raise ValueError(f"show_source: no module in {dotted!r}")
+    try:
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+    except AttributeError:
+        raise ValueError(f"show_source: {dotted!r} does not name a function, class or method") from None
+    return Code(textwrap.dedent(inspect.getsource(obj)), language="python")
+
+
 def provenance_markdown(runs: dict, what: str = "these numbers") -> str:
     """Markdown naming the preset and dataset of ``runs`` ({label: Run}), then an HTML table with each
     run's directory, epochs, device, git commit and wall time. (HTML, because the book renders

@@ -22,6 +22,9 @@ def test_every_chapter_is_listed_in_the_toc_and_clean():
         assert nb.metadata["kernelspec"]["name"] == "python3"
         assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs are not committed"
+        # a MyST directive shows as raw text in JupyterLab: the chapters show code with plots.show_source
+        raw = [c.source[:60] for c in nb.cells if c.cell_type == "markdown" and "```{" in c.source]
+        assert not raw, f"{nb_path.name}: a MyST directive reads differently in JupyterLab: {raw}"
         # nbformat 4.5 cells need unique ids (nbformat only warns today; it will refuse them later)
         ids = [c.get("id") for c in json.loads(nb_path.read_text())["cells"]]  # as committed, not as read
         assert None not in ids and len(set(ids)) == len(ids), f"{nb_path.name}: a cell id is missing or repeated"

@@ -115,6 +115,8 @@ def test_a_chapter_runs_in_jupyterlab_and_its_explorer_is_live(lab, browser):
     done = (f"(() => {{ const p = {PROMPTS}; return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }})()")
     assert browser.wait_for(done, timeout=240), f"not every cell ran: {browser.js(PROMPTS)}"
     text = browser.js("document.querySelector('.jp-Notebook').innerText")
+    # the code the chapter teaches shows as code (show_source), not as a raw MyST directive
+    assert "{literalinclude}" not in text and ":pyobject:" not in text and "```{" not in text
     assert "Traceback" not in text and "Error" not in browser.js(
         "Array.from(document.querySelectorAll('.jp-OutputArea-output[data-mime-type=\"application/vnd.jupyter.stderr\"]'))"
         ".map(e => e.innerText).join(' ')")
