@@ -349,7 +349,8 @@ def compute_map(axes, rows: list[dict], threshold: float = 10.0) -> None:
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("kNN gain over the calibrated\nuntrained network (points)")
+    for ax in axes if axes[0].get_subplotspec().colspan.start == axes[-1].get_subplotspec().colspan.start else axes[:1]:
+        ax.set_ylabel("kNN gain over the calibrated\nuntrained network (points)")  # each row's, or the first column's
 
 
 def diagnostic_heatmap(ax, rows: list[dict], label: str, columns: list[str]) -> None:
