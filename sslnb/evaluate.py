@@ -418,6 +418,59 @@ def learns_sentence(name: str, kinds: list[str], margin: float = CLEAR_MARGIN) -
     return f"{name} {what} on every one of its {n} seeds (by {margin:g} kNN points at least)."
 
 
+def reference_gains(runs: dict, data: ImageData, calibrated: dict[int, float] | None = None) -> list[dict]:
+    """Each run (label -> a finished run: ``.config``, ``.result``) against the untrained network with its own
+    initial weights (same seed), both ways: as initialised (the run's epoch-0 kNN) and with BatchNorm
+    statistics estimated from the training images (:func:`untrained_knn_with_calibrated_bn`, measured once
+    per seed; ``calibrated`` caches it by seed and is filled in). One row per run, gains in kNN points."""
+    calibrated = {} if calibrated is None else calibrated
+    rows = []
+    for label, run in runs.items():
+        seed, r = run.config.seed, run.result
+        if seed not in calibrated:
+            calibrated[seed] = untrained_knn_with_calibrated_bn(run.config, data)
+        stronger = max(r["knn_init"], calibrated[seed])
+        rows.append({"run": label, "seed": seed, "kNN": r["knn"], "untrained": r["knn_init"],
+                     "untrained, BN calibrated": calibrated[seed], "gain": r["knn"] - r["knn_init"],
+                     "gain over calibrated": r["knn"] - calibrated[seed], "gain over the stronger": r["knn"] - stronger})
+    return rows
+
+
+def learning_verdict(name: str, gains: list[dict], pixels: float, preset: str, dataset: str,
+                     supervised: float | None = None, margin: float = CLEAR_MARGIN) -> str:
+    """The chapter's verdict on a method, as Markdown, from :func:`reference_gains`' rows: what its weakest
+    run clearly beats (by ``margin`` kNN points) among the *stronger* untrained reference and raw pixels
+    (``pixels``), every gain behind it, and how far the supervised reference (``supervised``, test accuracy)
+    says the images go."""
+    weakest = min(gains, key=lambda g: g["gain over the stronger"])
+    verdict = {"both": f"{name} **clearly beats both references in every run**",
+               "untrained": f"{name} **clearly beats the untrained network in every run, but not raw pixels**",
+               "neither": (f"{name} **does not clearly beat the untrained network in every run at this budget**: its "
+                           "loss falls, but its features do not carry clearly more about the class than random "
+                           "ones do"),
+               }[compare_with_references(weakest["kNN"], weakest["kNN"] - weakest["gain over the stronger"], pixels,
+                                         margin)]
+    listed = {key: ", ".join(f"{g[key]:+.1f}" for g in gains)
+              for key in ("gain", "gain over calibrated", "gain over the stronger")}
+    text = (f"At the `{preset}` preset on `{dataset}`, {verdict} ({len(gains)} runs, "
+            f"{len({g['seed'] for g in gains})} seeds; *clearly* means by at least {margin:g} kNN points). The "
+            f"reference is the stronger of two measurements of the untrained network with the same initial "
+            f"weights: as initialised (its BatchNorm layers pass activations through almost unchanged in eval "
+            f"mode), where the runs gain {listed['gain']} points, and measured the way a trained network is, with "
+            f"BatchNorm statistics estimated from the training images, where they gain "
+            f"{listed['gain over calibrated']}; over the stronger one they gain {listed['gain over the stronger']}. "
+            f"Raw pixels give **{pixels:.1f}%**, and the best run is {max(g['kNN'] for g in gains) - pixels:+.1f} "
+            f"points from them. ")
+    if supervised is not None:
+        text += (f"The supervised reference reaches **{supervised:.1f}%**, so the images and the network allow far "
+                 f"more. " if supervised > weakest["kNN"] + 10 else
+                 f"The supervised reference reaches only **{supervised:.1f}%** at this budget. ")
+    initialised_higher = sum(g["untrained"] for g in gains) > sum(g["untrained, BN calibrated"] for g in gains)
+    return text + ("Which untrained reference scores higher depends on the data; here it is the one "
+                   + ("as initialised" if initialised_higher else "with calibrated BatchNorm")
+                   + ", so the table shows both for every seed.")
+
+
 COLLAPSE_FRACTION = 0.1  # z_std below this fraction of 1/sqrt(d) counts as collapsed
 
 

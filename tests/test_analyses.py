@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from sslnb.augment import BatchAugment
 from sslnb.config import Config, ConfigError
 from sslnb.data import dataset_of, steps_per_epoch
-from sslnb.evaluate import (bn_affine_drift, collapsed, compare_with_references, learns_sentence, negative_gradient_share,
+from sslnb.evaluate import (bn_affine_drift, collapsed, compare_with_references, learning_verdict, learns_sentence,
+                            negative_gradient_share,
                             raw_pixel_knn)
 from sslnb.losses import logit_matrices, nt_xent, nt_xent_seed
 from sslnb.methods import CLASSES
@@ -152,3 +153,15 @@ def test_run_flop_counts_every_step_and_every_measurement():
     # one image's embedding: the backbone's forward and the projector, about a sixth of a BYOL step per image
     per_image = step_flop(cfg) / cfg.batch_size
     assert per_image / 8 < embed_flop(cfg) < per_image / 3
+
+
+def test_learning_verdict_rests_on_the_weakest_run_against_the_stronger_reference():
+    row = lambda knn, init, cal: {"run": "r", "seed": 0, "kNN": knn, "untrained": init,  # noqa: E731
+                                  "untrained, BN calibrated": cal, "gain": knn - init, "gain over calibrated": knn - cal,
+                                  "gain over the stronger": knn - max(init, cal)}
+    # beats the calibrated reference by 20 but the one as initialised by only 3: not clearly
+    text = learning_verdict("M", [row(70, 67, 50), row(80, 60, 50)], pixels=40, preset="p", dataset="d")
+    assert "does not clearly beat the untrained network" in text and "+3.0" in text and "as initialised" in text
+    text = learning_verdict("M", [row(70, 50, 55), row(72, 50, 55)], pixels=68, preset="p", dataset="d", supervised=90)
+    assert "clearly beats the untrained network in every run, but not raw pixels" in text and "**90.0%**" in text
+    assert "clearly beats both" in learning_verdict("M", [row(80, 50, 55)], pixels=60, preset="p", dataset="d")
