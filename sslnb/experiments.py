@@ -64,13 +64,13 @@ def _extra(device: str, data_root: str, dataset: str | None) -> dict:
 
 def references(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
                data_root: str = "data") -> dict[str, Config]:
-    """What every SSL number is compared with: the untrained network and, on the embedded dataset,
-    supervised training of the same backbone (how much the images allow)."""
+    """What every SSL number is compared with: the untrained network and, at every preset but ``paper``
+    (whose seed study has none), supervised training of the same backbone (how much the images allow)."""
     extra = _extra(device, data_root, dataset)
     base = Config.from_preset(preset, "byol", **extra)
     # epochs = 0: the backbone is built from the same seed as every method's, so it is *the* random init.
     runs = {"random init": base.replace(augment="normal", epochs=0)}
-    if base.dataset == "digits":
+    if preset != "paper":
         runs["supervised"] = Config.from_preset(preset, "supervised", **extra)
     return runs
 
