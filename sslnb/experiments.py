@@ -77,14 +77,15 @@ def references(preset: str = "cpu", dataset: str | None = None, device: str = "a
 
 def byol_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
                  data_root: str = "data") -> dict[str, Config]:
-    """BYOL with the seed's two augmentation pipelines (``normal``: its first row; ``aug+``), ``aug+``
-    again with seed 1 (a claim that BYOL learns needs two seeds; at the laptop preset this is the
-    variance chapter's run), SimSiam (BYOL without the moving-average target) like ``aug+`` on the same
+    """BYOL with the seed's two augmentation pipelines (``normal``: its first row; ``aug+``), each on two
+    seeds (a claim that BYOL learns needs two seeds; at the laptop preset ``aug+`` seed 1 is the variance
+    chapter's run), SimSiam (BYOL without the moving-average target) like ``aug+`` on the same
     two seeds (``simsiam``, ``simsiam seed=1``), plus the references."""
     extra = _extra(device, data_root, dataset)
     base = Config.from_preset(preset, "byol", **extra)
     siam = Config.from_preset(preset, "simsiam", augment="aug+", **extra)
-    return {"byol": base.replace(augment="normal"), "byol aug+": base.replace(augment="aug+"),
+    return {"byol": base.replace(augment="normal"), "byol seed=1": base.replace(augment="normal", seed=1),
+            "byol aug+": base.replace(augment="aug+"),
             "byol aug+ seed=1": base.replace(augment="aug+", seed=1), "simsiam": siam,
             "simsiam seed=1": siam.replace(seed=1), **references(preset, dataset, device, data_root)}
 
@@ -105,10 +106,11 @@ def insdis_chapter(preset: str = "cpu", dataset: str | None = None, device: str 
 
 def simclr_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
                    data_root: str = "data") -> dict[str, Config]:
-    """SimCLR with the seed's loss (``seed``) and the paper's NT-Xent (``standard``), same everything
-    else, plus the references."""
+    """SimCLR with the seed's loss (``seed``, on two seeds: a claim that it learns needs two) and the
+    paper's NT-Xent (``standard``), same everything else, plus the references."""
     base = Config.from_preset(preset, "simclr", **_extra(device, data_root, dataset))
-    return {"seed": base.replace(simclr_loss="seed"), "standard": base.replace(simclr_loss="standard"),
+    return {"seed": base.replace(simclr_loss="seed"), "seed seed=1": base.replace(simclr_loss="seed", seed=1),
+            "standard": base.replace(simclr_loss="standard"),
             **references(preset, dataset, device, data_root)}
 
 
