@@ -181,8 +181,6 @@ def show_source(dotted: str):
     import inspect
     import textwrap
 
-    from IPython.display import Code
-
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):  # the longest importable module prefix, then attributes
         try:
@@ -197,7 +195,25 @@ def show_source(dotted: str):
             obj = getattr(obj, name)
     except AttributeError:
         raise ValueError(f"show_source: {dotted!r} does not name a function, class or method") from None
-    return Code(textwrap.dedent(inspect.getsource(obj)), language="python")
+    return Source(textwrap.dedent(inspect.getsource(obj)))
+
+
+class Source:
+    """Python source shown highlighted (``_repr_html_``, inline styles: no style sheet on the page), or as
+    plain text where HTML is not shown."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def _repr_html_(self) -> str:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+
+        return highlight(self.code, PythonLexer(), HtmlFormatter(noclasses=True, nobackground=True))
+
+    def __repr__(self) -> str:
+        return self.code
 
 
 def provenance_markdown(runs: dict, what: str = "these numbers") -> str:
