@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sslnb.evaluate import collapse_kind  # noqa: E402
-from sslnb.experiments import BN_CODES, SEEDS, bn_chapter  # noqa: E402
+from sslnb.experiments import BN_CODES, SEEDS, bn_chapter, bn_seeds  # noqa: E402
 from sslnb.rundir import device_name  # noqa: E402
 from sslnb.runs import launch  # noqa: E402
 
@@ -33,6 +33,9 @@ def configs(preset: str, data_root: str, all_runs: bool) -> dict:
     for s in SEEDS[preset][1:]:
         chosen[f"111 seed={s}"] = chapter[f"seed={s}"]
         chosen[f"000 seed={s}"] = chapter["000"].replace(seed=s)
+    for code in BN_CODES:  # the chapter's further seeds of a code (experiments.BN_SEEDS)
+        for s in bn_seeds(preset, code)[1:]:
+            chosen.setdefault(f"{code} seed={s}", chapter[code].replace(seed=s))
     chosen["untrained"] = chapter["random init"]
     if all_runs:
         chosen["011 affine off"] = chapter["011 affine off"]
