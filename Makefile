@@ -17,7 +17,7 @@ STAMP  := $(VENV)/.installed
 GPUS ?=
 GPUS_PER_RUN ?= 1
 
-.PHONY: book test runs execute site venv clean bench paper vendor chromium publish fashion-mnist map lab
+.PHONY: book test runs execute site venv clean bench paper vendor chromium publish fashion-mnist map lab fetch-runs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ publish:
 
 book: execute
 	$(PY) -m sslnb.book build
+
+# The runs a preset's chapters read, from a published bundle (every site build puts runs-PRESET.tar.gz and its
+# .sha256 beside the site): downloaded, verified whole and file by file, and unpacked into RUN_ROOT; a run
+# directory already there is never overwritten. URL defaults to GitHub Pages of this clone's origin.
+URL ?=
+fetch-runs: $(STAMP)
+	$(PY) -m sslnb.bundle fetch --preset $(PRESET) --run-root $(RUN_ROOT) $(if $(URL),--url $(URL))
 
 # Read and run the chapters in JupyterLab (pinned in requirements.txt, inside .venv; nothing is installed
 # or registered outside it). It serves book/ on 127.0.0.1 and prints the URL with its token; no news or

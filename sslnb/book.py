@@ -5,7 +5,8 @@
 1. ``train``   trains every run the chapters need for a preset (``sslnb.experiments``), with progress;
 2. ``execute`` copies the book into ``_stage/`` and executes each chapter there with papermill
                (parameters: preset, dataset, run_root, data_root, devices), hiding the injected-parameters cell;
-3. ``build``   builds the staged, executed book with jupyter-book 1.x into ``_build/html``.
+3. ``build``   builds the staged, executed book with jupyter-book 1.x into ``_build/html``, and packs the runs
+               the chapters were executed with beside it (``runs-<preset>.tar.gz``, :mod:`sslnb.bundle`).
 
 Notebook outputs are never written into ``book/``: the sources stay output-free.
 """
@@ -13,6 +14,7 @@ Notebook outputs are never written into ``book/``: the sources stay output-free.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +22,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from .bundle import bundle_name
 from .config import ConfigError, nearest, settings_markdown
 from .data import DatasetUnavailable
 from .dist import die_with_parent
@@ -54,6 +57,7 @@ def check_parameters(notebook: Path, parameters: dict) -> None:
 # The line of the introduction that says which preset this copy of the book was executed at (an HTML comment
 # in book/intro.md: invisible in JupyterLab, replaced when the chapters are staged for the site).
 BUILT_MARK = "<!-- sslnb:built-at -->"
+PARAMETERS = "parameters.json"  # in the stage folder: the parameters the chapters were executed with
 DATASET_WORDS = {"digits": "the embedded digits", "fashion": "Fashion-MNIST",
                  "fashion-canvas": "Fashion-MNIST items on a 32×32 canvas", "cifar10": "CIFAR-10",
                  "cifar100": "CIFAR-100"}
@@ -69,9 +73,14 @@ def built_at(parameters: dict) -> str:
     dataset = parameters.get("dataset") or Config.from_preset(preset, "byol").dataset
     device = parameters.get("devices", "auto")
     machine = device_name("cuda:0" if str(device).startswith("cuda") else "cpu")
+    name = bundle_name(preset)
     return (f"**This copy of the book was executed at the `{preset}` preset** ({DATASET_WORDS.get(dataset, dataset)}) "
             f"on {machine}, from commit `{git_commit()}`. The other presets are in the table "
-            f"below; every figure names the machine its runs were trained on.")
+            f"below; every figure names the machine its runs were trained on. The trained runs behind these "
+            f"pages are one download beside the site, <a href=\"../{name}\">{name}</a> (its SHA-256 in "
+            f"<a href=\"../{name}.sha256\">{name}.sha256</a>): `make fetch-runs PRESET={preset} URL=<its address>` "
+            f"downloads, verifies and unpacks it into `runs/`, and the chapters then execute in seconds, training "
+            f"nothing.")
 
 
 def stage(stage_dir: Path = STAGE, keep=(), parameters: dict | None = None) -> None:
@@ -99,6 +108,7 @@ def stage(stage_dir: Path = STAGE, keep=(), parameters: dict | None = None) -> N
         (stage_dir / "book" / name).write_bytes(content)
     (stage_dir / "book" / "settings.md").write_text(settings_markdown())  # generated: it cannot drift
     if parameters is not None:
+        (stage_dir / PARAMETERS).write_text(json.dumps(parameters, indent=1, sort_keys=True))
         intro = stage_dir / "book" / "intro.md"
         intro.write_text(intro.read_text().replace(BUILT_MARK, built_at(parameters)))
 
@@ -202,8 +212,29 @@ def build(strict: bool = True, stage_dir: Path = STAGE, out_dir: Path = ROOT, qu
         detail = f":\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}" if quiet else "; see the warnings above"
         raise BookError(f"jupyter-book build failed{detail}")
     index = out_dir / "_build" / "html" / "index.html"
+    pack_beside(stage_dir, index.parent)
     print(f"\nThe book is built. Open {index}")
     return index
+
+
+def pack_beside(stage_dir: Path, html: Path) -> Path | None:
+    """The bundle of the runs the staged chapters were executed with (:mod:`sslnb.bundle`), into the site's
+    folder ``html``, where the introduction links it. A bundle that cannot be packed is one warning: the
+    site stands without it."""
+    from .bundle import BundleError, pack, preset_runs
+
+    if not (stage_dir / PARAMETERS).exists():
+        return None
+    params = json.loads((stage_dir / PARAMETERS).read_text())
+    try:
+        dirs, weights = preset_runs(params["preset"], params["run_root"], params.get("dataset"),
+                                    params.get("data_root", "data"))
+        out = pack(dirs, html, params["preset"], weights)
+    except (BundleError, ConfigError, OSError) as e:
+        print(f"warning: the site has no bundle of its runs: {e}", file=sys.stderr)
+        return None
+    print(f"{out.name}: {len(dirs)} runs, {out.stat().st_size / 1e6:.1f} MB, beside the site")
+    return out
 
 
 def train_all(preset: str, run_root: str, device: str, dataset: str | None = None, jobs: int = 2,

@@ -193,6 +193,10 @@ def no_runs(preset: str = "cpu", dataset: str | None = None, device: str = "auto
     return {}
 
 
+# The runs whose trained weights a chapter reads (``Run.model_state``), by chapter and label: a bundle
+# (:mod:`sslnb.bundle`) carries their model; every other run travels without weights.
+MODEL_READERS = {"04_bn_collapse": ("011", "011 affine off")}
+
 CHAPTERS = {"00_results": results_chapter, "01_insdis": insdis_chapter, "02_simclr": simclr_chapter,
             "03_byol": byol_chapter, "04_bn_collapse": bn_chapter, "05_batch_size": batch_chapter,
             "06_variance": variance_chapter, "08_byol_compute": no_runs}

@@ -95,9 +95,13 @@ class Run:
                               f"same command again to train it again") from None
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        """The trained model's parameters and buffers from ``checkpoint.pt``, on the CPU (loaded with
-        ``weights_only=True``: a checkpoint holds only tensors and plain data)."""
-        return torch.load(self.path / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+        """The trained model's parameters and buffers from ``checkpoint.pt`` (or, in a run fetched from a
+        bundle, ``model.pt``: the model alone), on the CPU (loaded with ``weights_only=True``: a checkpoint
+        holds only tensors and plain data)."""
+        path = self.path / "checkpoint.pt"
+        if not path.exists() and (self.path / "model.pt").exists():
+            path = self.path / "model.pt"
+        return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
     def caption(self) -> str:
         """One line of provenance for a figure or a table."""

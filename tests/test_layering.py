@@ -15,7 +15,7 @@ FLOORS = {
     4: ["evaluate"],
     5: ["train", "grid"],
     6: ["runs"],
-    7: ["experiments", "book", "plots"],
+    7: ["experiments", "book", "plots", "bundle"],
     8: ["schedule", "widgets"],
 }
 FLOOR = {f"sslnb.{name}": floor for floor, names in FLOORS.items() for name in names}
