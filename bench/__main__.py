@@ -338,6 +338,13 @@ def bench_budget(run_root: Path, preset: str = "cpu") -> None:
     table([*rows, total], f"The {preset} preset's training budget by chapter (runs under {run_root}; a run shared by "
                           f"chapters is counted in the first; fp32 matmul peak measured now: {peak / 1e9:,.0f} GFLOP/s "
                           f"on {cores} threads, {device_label(cpu)})")
+    # What each chapter's own runs cost (shared runs in every chapter that shows them): the line each
+    # chapter opens with reads it for the other presets.
+    from sslnb.experiments import BUDGETS, record_budget
+
+    recorded = record_budget(preset, run_root)
+    print(f"recorded in {BUDGETS}: the {preset} preset's cost of {len(recorded['chapters'])} chapters "
+          f"(those whose runs are all trained under {run_root})")
 
 
 def tsne_features(n: int):

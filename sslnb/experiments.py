@@ -8,6 +8,7 @@ chapters themselves only load finished runs.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .config import Config
@@ -244,3 +245,84 @@ def all_runs(preset: str = "cpu", dataset: str | None = None, device: str = "aut
 def _cost(cfg: Config) -> float:
     """Rough relative training cost: forwards per image times epochs."""
     return CLASSES[cfg.method].forwards * cfg.epochs * (4 if cfg.network == "resnet50" else 1) * (1.3 if cfg.batch_size < 64 else 1)
+
+
+# ---------------------------------------------------------------------- what a chapter costs
+# The training cost of each chapter at each preset, as measured on some machine: written by
+# `python -m bench --only budget --preset P --run-root R` from a run root where the chapter's runs are all
+# trained, read by each chapter's opening line.
+BUDGETS = Path(__file__).resolve().parent.parent / "bench" / "budgets.json"
+
+
+def run_cost(run: Run) -> tuple[str, float, str]:
+    """``(unit, minutes, machine)`` of one run's training: core-minutes on a CPU (wall time times the
+    threads it had; a run trained in a grid counts its share of the grid's time), GPU-minutes on GPUs."""
+    wall = (run.result.get("wall_s") or 0.0) / 60
+    name = str(run.provenance.get("device_name", "an unrecorded machine"))
+    if str(run.provenance.get("device", "cpu")).startswith("cuda"):
+        return "GPU-minutes", wall * max(run.config.world_size, 1), name
+    found = re.fullmatch(r"(.*), (\d+) threads?", name)
+    return ("core-minutes", wall * int(found[2]), found[1]) if found else ("core-minutes", wall, name)
+
+
+def chapter_cost(runs: dict[str, Run]) -> dict:
+    """The training cost of a chapter's runs ({label: Run}, each run once): ``{"runs": n, "cost": {unit:
+    minutes}, "machines": [...]}``."""
+    cost, machines, seen = {}, set(), set()
+    for run in runs.values():
+        if run.name in seen:
+            continue
+        seen.add(run.name)
+        unit, minutes, machine = run_cost(run)
+        cost[unit] = cost.get(unit, 0.0) + minutes
+        machines.add(machine)
+    return {"runs": len(seen), "cost": cost, "machines": sorted(machines)}
+
+
+def _cost_words(entry: dict) -> str:
+    amounts = " and ".join(f"{m:,.1f} {unit}" for unit, m in sorted(entry["cost"].items())) or "no recorded time"
+    return f"{entry['runs']} runs, {amounts} on {', '.join(entry['machines']) or 'an unrecorded machine'}"
+
+
+def record_budget(preset: str, run_root: str | Path, path: Path = BUDGETS, dataset: str | None = None) -> dict:
+    """Record in ``path`` (JSON, by preset) what each chapter's runs under ``run_root`` cost at ``preset``;
+    a chapter with a run not yet trained is left out. Returns this preset's record."""
+    import json
+    import time
+
+    from .rundir import git_commit
+
+    chapters = {}
+    for chapter in CHAPTERS:
+        paths = {label: Path(run_root) / run_name(cfg) for label, cfg in chapter_runs(chapter, preset, dataset).items()}
+        if paths and all((p / "result.json").exists() for p in paths.values()):
+            runs = {label: load_run(p) for label, p in paths.items()}
+            if all(r.done for r in runs.values()):
+                chapters[chapter] = chapter_cost(runs)
+    record = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "dataset": dataset, "chapters": chapters}
+    budgets = json.loads(path.read_text()) if path.exists() else {}
+    budgets[preset] = record
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(budgets, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return record
+
+
+def cost_markdown(chapter: str, runs: dict[str, Run], path: Path = BUDGETS) -> str:
+    """The line a chapter opens with: what its runs cost to train and on which machine (from their own
+    records), and what the same chapter cost at the other presets (``path``, by :func:`record_budget`)."""
+    import json
+
+    first = next(iter(runs.values())).config if runs else None
+    preset = first.preset if first else None
+    text = (f"**What this chapter costs.** At the `{preset or 'custom'}` preset its runs took: "
+            f"{_cost_words(chapter_cost(runs))}" if runs else "**What this chapter costs.** It trains no runs of its own")
+    try:
+        budgets = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        budgets = {}
+    others = [f"`{p}` {_cost_words(b['chapters'][chapter])} ({b['date']})" for p, b in sorted(budgets.items())
+              if p != preset and chapter in b.get("chapters", {})]
+    text += ". Recorded at the other presets: " + "; ".join(others) if others else \
+        ". No other preset's cost is recorded for it (`python -m bench --only budget` records one)"
+    return text + " (training only; a run trained in a grid counts its share of the grid's time)."

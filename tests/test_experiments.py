@@ -58,3 +58,48 @@ def test_the_bn_chapter_groups_its_runs_by_condition_each_seed_once():
     assert all(len(groups[code]) == len(bn_seeds("cpu", code)) for code in BN_CODES)
     assert [r.seed for r in groups["011 affine off"]] == [0]
     assert {r.name for r in groups["111"]} == {run_name(configs[f"seed={s}"]) for s in (0, 1, 2)}  # the repeats
+
+
+def _run(name, wall_s, device_name, device="cpu", world_size=1):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, result={"wall_s": wall_s}, config=SimpleNamespace(world_size=world_size),
+                           provenance={"device_name": device_name, "device": device})
+
+
+def test_a_chapters_cost_counts_each_run_once_by_its_threads_and_devices():
+    from sslnb.experiments import chapter_cost
+
+    runs = {"a": _run("r1", 600, "Xeon, 1 threads"), "a again": _run("r1", 600, "Xeon, 1 threads"),
+            "b": _run("r2", 300, "Xeon, 2 threads"), "c": _run("r3", 120, "H100", device="cuda:0", world_size=2)}
+    cost = chapter_cost(runs)
+    assert cost["runs"] == 3 and cost["machines"] == ["H100", "Xeon"]
+    assert cost["cost"] == {"core-minutes": pytest.approx(10 + 5 * 2), "GPU-minutes": pytest.approx(2 * 2)}
+
+
+def test_every_chapter_opens_with_its_cost_here_and_at_the_recorded_presets(executed, tmp_path):
+    """From the smoke book: the budget is recorded for every chapter that trains runs; a chapter's opening
+    line gives its own runs' cost and another preset's from the record; each executed chapter shows it."""
+    import json
+
+    import nbformat
+
+    from sslnb.experiments import cost_markdown, record_budget
+    from sslnb.runs import load_run
+
+    book_root, outs, _ = executed
+    record = tmp_path / "budgets.json"
+    record.write_text(json.dumps({"cpu": {"date": "2026-01-01", "chapters": {"03_byol": {
+        "runs": 4, "cost": {"core-minutes": 12.5}, "machines": ["a test machine"]}}}}))
+    smoke = record_budget("smoke", book_root / "runs", record)
+    assert set(smoke["chapters"]) == set(CHAPTERS) - {"08_byol_compute"}
+    assert all(c["cost"]["core-minutes"] > 0 for c in smoke["chapters"].values())
+    assert set(json.loads(record.read_text())) == {"cpu", "smoke"}, "the other presets' records are kept"
+    runs = {label: load_run(book_root / "runs" / run_name(cfg)) for label, cfg in chapter_runs("03_byol", "smoke").items()}
+    line = cost_markdown("03_byol", runs, record)
+    assert f"{smoke['chapters']['03_byol']['runs']} runs" in line and "`cpu` 4 runs, 12.5 core-minutes on a test machine" in line
+    for out in outs:
+        if out.stem in smoke["chapters"]:
+            text = "".join(str(o.get("data", {}).get("text/markdown", ""))
+                           for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []))
+            assert "What this chapter costs" in text, out.name
