@@ -323,6 +323,7 @@ def cost_markdown(chapter: str, runs: dict[str, Run], path: Path = BUDGETS) -> s
         budgets = {}
     others = [f"`{p}` {_cost_words(b['chapters'][chapter])} ({b['date']})" for p, b in sorted(budgets.items())
               if p != preset and chapter in b.get("chapters", {})]
-    text += ". Recorded at the other presets: " + "; ".join(others) if others else \
-        ". No other preset's cost is recorded for it (`python -m bench --only budget` records one)"
-    return text + " (training only; a run trained in a grid counts its share of the grid's time)."
+    text += (". Recorded at the other presets: " + "; ".join(others) + "." if others else
+             ". Its cost at the other presets is not recorded yet (`python -m bench --only budget --preset P` "
+             "records it).")
+    return text + " Training time only; a run trained in a grid counts its share of the grid's time."
