@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 from .augment import CROP_SCALE, PIPELINES
-from .data import DATASETS, DIGITS_STYLE
+from .data import DATASETS, DIGITS_STYLE, is_folder
 
 
 
@@ -92,7 +92,7 @@ class Config:
 
     # what to train
     method: str = "byol"  # the method trained (supervised: the labelled reference of the same backbone)
-    dataset: str = "cifar100"  # digits: embedded, offline; cifar10/cifar100 from DATA_ROOT; fashion: Fashion-MNIST
+    dataset: str = "cifar100"  # digits: embedded, offline; cifar10/cifar100 from DATA_ROOT; fashion: Fashion-MNIST; folder:PATH your images
     network: str = "resnet18"  # the CIFAR ResNet (3x3 stem, no max-pool)
     width: int = 64  # channels of the first stage; the seed's ResNets use 64
     image_size: int = 32  # crops and test images are resized to this (the cpu preset uses 16)
@@ -282,7 +282,7 @@ _PRESET_VALUES: dict[str, dict] = {
 
 # ---------------------------------------------------------------------- validation
 # The fields that take one of a few values, and those values (validation and --help use this table).
-CHOICES = {"method": METHODS, "dataset": DATASETS, "network": NETWORKS, "augment": AUGMENTS,
+CHOICES = {"method": METHODS, "dataset": DATASETS + ("folder:PATH",), "network": NETWORKS, "augment": AUGMENTS,
            "lr_schedule": LR_SCHEDULES, "optimizer": ("sgd", "adam"), "ema_schedule": ("fixed", "cos"),
            "target_init": TARGET_INITS, "view_bn": VIEW_BN, "probe": PROBES, "simclr_loss": SIMCLR_LOSSES,
            "insdis_loss": INSDIS_LOSSES, "insdis_head": INSDIS_HEADS, "channels_last": ("auto", "on", "off"),
@@ -330,6 +330,9 @@ def _check(name: str, ok: bool, expected: str, value) -> None:
 def validate(c: Config) -> None:
     """Raise :class:`ConfigError` (one line, naming the field) on the first bad setting."""
     for name, allowed in CHOICES.items():
+        if name == "dataset" and is_folder(c.dataset):  # your own images: the folder is checked when loaded
+            _check(name, len(c.dataset) > len("folder:"), "folder:PATH with PATH a folder of images", c.dataset)
+            continue
         _check_choice(name, getattr(c, name), allowed)
     lo_hi = isinstance(c.crop_scale, tuple) and len(c.crop_scale) == 2 and all(_is_number(v) for v in c.crop_scale)
     _check("crop_scale", lo_hi and 0 < c.crop_scale[0] <= c.crop_scale[1] <= 1,

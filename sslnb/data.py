@@ -36,9 +36,17 @@ def batches_per_epoch(n: int, batch_size: int, bn_groups: int, world_size: int =
     return n // batch_size + (n % batch_size >= 2 * bn_groups)
 
 
+def split_sizes(dataset: str) -> tuple[int, int]:
+    """(training images, test images) of a dataset, without loading it (a folder is listed)."""
+    if is_folder(dataset):
+        files = folder_listing(folder_path(dataset))[0]
+        return len(files) - _folder_test_count(len(files)), _folder_test_count(len(files))
+    return TRAIN_SIZES[dataset], TEST_SIZES[dataset]
+
+
 def train_images(cfg) -> int:
     """How many training images a run's config uses (its dataset's, or ``train_size`` of them)."""
-    n = TRAIN_SIZES[cfg.dataset]
+    n = split_sizes(cfg.dataset)[0]
     return min(n, cfg.train_size) if cfg.train_size else n
 
 
@@ -95,7 +103,9 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = True, tr
     """Load ``digits``, ``cifar10``, ``cifar100``, ``fashion`` (Fashion-MNIST) or ``fashion-canvas`` (its items
     placed at a random size and position on a larger canvas, :func:`fashion_canvas`). ``train_size`` > 0 keeps
     a fixed random subset; ``digits_style`` overrides entries of ``DIGITS_STYLE`` (the embedded digits only)."""
-    if name == "digits":
+    if is_folder(name):
+        data = load_folder(folder_path(name))
+    elif name == "digits":
         data = make_digits(**(digits_style or {}))
     elif name in ("cifar10", "cifar100"):
         data = load_cifar(name, Path(root), download)
@@ -104,7 +114,7 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = True, tr
     elif name == "fashion-canvas":
         data = fashion_canvas(load_fashion(Path(root), download))
     else:
-        raise ValueError(f"dataset={name!r} is not allowed; choose one of: {', '.join(DATASETS)}")
+        raise ValueError(f"dataset={name!r} is not allowed; choose one of: {', '.join(DATASETS)}, or folder:PATH")
     if 0 < train_size < len(data.train):
         keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1234))[:train_size]
         keep = keep.sort().values
@@ -114,7 +124,115 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = True, tr
 
 def dataset_of(cfg) -> ImageData:
     """The data a run's config (any object with the Config fields) trains and evaluates on."""
-    return load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.train_size, cfg.digits_style)
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.train_size, cfg.digits_style)
+    if is_folder(cfg.dataset) and len(data.train) < cfg.batch_size:
+        raise DatasetUnavailable(f"{folder_path(cfg.dataset)} gives {len(data.train)} training images, fewer than "
+                                 f"one batch ({cfg.batch_size}); add images or set a smaller --batch-size")
+    return data
+
+
+# ---------------------------------------------------------------------- your own images
+FOLDER = "folder:"  # a dataset named folder:PATH is the images under PATH
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FOLDER_SIZE = 32  # images are stored at this side, as CIFAR is; the run's image_size is what the network sees
+FOLDER_TEST = 0.2  # the share of a folder's images held out as its test split (seeded, disjoint)
+
+
+def is_folder(dataset: str) -> bool:
+    return isinstance(dataset, str) and dataset.startswith(FOLDER)
+
+
+def folder_path(dataset: str) -> Path:
+    return Path(dataset[len(FOLDER):]).expanduser()
+
+
+def _folder_test_count(n: int) -> int:
+    return max(1, round(FOLDER_TEST * n))
+
+
+def folder_listing(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
+    """``(files, labels, classes)`` of an image folder, sorted: with class subfolders (one level) the
+    labels are their indices in ``classes``; with images directly in ``root``, ``labels`` is None.
+    A missing or empty folder, images both beside and inside subfolders, or a single class are one-line
+    :class:`DatasetUnavailable` errors."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetUnavailable(f"{root} is not a folder; give --dataset folder:PATH with PATH a folder of images "
+                                 f"(class subfolders optional)")
+    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")  # noqa: E731
+    loose = sorted(p for p in root.iterdir() if is_image(p))
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                     and any(is_image(p) for p in d.iterdir()))
+    if loose and classes:
+        raise DatasetUnavailable(f"{root} holds images both directly ({loose[0].name}, ...) and in class folders "
+                                 f"({classes[0]}/, ...); put every image in a class folder, or none")
+    if loose:
+        return loose, None, ["unlabelled"]
+    if not classes:
+        raise DatasetUnavailable(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}), directly or in class folders")
+    if len(classes) == 1:
+        raise DatasetUnavailable(f"{root} has one class folder ({classes[0]}/): a classifier needs two or more; "
+                                 f"put the images directly in {root} to train without labels")
+    files, labels = [], []
+    for i, name in enumerate(classes):
+        mine = sorted(p for p in (root / name).iterdir() if is_image(p))
+        files += mine
+        labels += [i] * len(mine)
+    return files, labels, classes
+
+
+def folder_digest(root: Path) -> str:
+    """A digest of an image folder's listing (names, sizes and modification times): part of the identity of
+    a run on it, so that a folder whose images change gives new runs."""
+    import hashlib
+
+    files = folder_listing(root)[0]
+    h = hashlib.sha1()
+    for path in files:
+        st = path.stat()
+        h.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def _read_image(path: Path, size: int) -> np.ndarray:
+    """One image file as (size, size, 3) uint8 RGB: grey and RGBA become RGB (transparency over black), the
+    shorter side is resized to ``size`` and the centre cut out."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "P"):
+                im = im.convert("RGBA")
+                back = Image.new("RGBA", im.size, (0, 0, 0, 255))
+                im = Image.alpha_composite(back, im)
+            im = im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetUnavailable(f"{path} cannot be read as an image ({type(e).__name__}); remove or replace it") from None
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def load_folder(root: Path, size: int = FOLDER_SIZE, seed: int = 0) -> ImageData:
+    """The images under ``root`` (:func:`folder_listing`) as a dataset: a seeded, disjoint split holding out
+    :data:`FOLDER_TEST` of them for testing; mean and std from the training images. ``meta["labelled"]`` says
+    whether class folders gave labels (without them every label is 0, and kNN and the probe are not run)."""
+    files, labels, classes = folder_listing(root)
+    n, n_test = len(files), _folder_test_count(len(files))
+    if n < 2:
+        raise DatasetUnavailable(f"{root} holds {n} image; a training and a test split need two at least")
+    x = torch.from_numpy(np.stack([_read_image(p, size) for p in files])).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor(labels if labels is not None else [0] * n, dtype=torch.int64)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    test, train = order[:n_test].sort().values, order[n_test:].sort().values
+    pixels = x[train].float().div(255)
+    mean = tuple(pixels.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    return ImageData(f"folder:{root}", Split(x[train], y[train]), Split(x[test], y[test]), classes, mean, std,
+                     meta={"labelled": labels is not None, "files": [str(files[i].relative_to(root)) for i in test]})
 
 
 # ---------------------------------------------------------------------- CIFAR

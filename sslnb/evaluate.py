@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .augment import BatchAugment, resize_batch, seeded_generator
 from .config import Config
-from .data import TEST_SIZES, ImageData, Split, dataset_of, steps_per_epoch, train_images
+from .data import ImageData, Split, dataset_of, split_sizes, steps_per_epoch, train_images
 from .methods import Method, build_method
 
 
@@ -349,9 +349,11 @@ def epoch_record(method: Method, data: ImageData, cfg: Config, device) -> dict:
     test_h, test_z = extract(method.embed, data.test, data, cfg.image_size, device)
     z1, z2 = augmented_pair(method, data, cfg, device)
     method.train(was_training)
+    record = {**collapse_stats(test_z), "alignment": alignment(z1, z2), "uniformity": uniformity(test_z)}
+    if not data.meta.get("labelled", True):  # a folder of images without classes: nothing to classify
+        return record
     knn = lambda a, b: knn_accuracy(a, data.train.y, b, data.test.y, data.num_classes, cfg.knn_k, cfg.knn_t)  # noqa: E731
-    record = {"knn": knn(train_h, test_h), "knn_z": knn(train_z, test_z), **collapse_stats(test_z),
-              "alignment": alignment(z1, z2), "uniformity": uniformity(test_z)}
+    record = {"knn": knn(train_h, test_h), "knn_z": knn(train_z, test_z), **record}
     for name, bank in method.knn_banks().items():
         record[name] = knn(bank.float().cpu(), test_z)
     return record
@@ -369,11 +371,12 @@ def final_result(method: Method, data: ImageData, cfg: Config, device, epochs: l
     test_h, test_z = extract(method.embed, data.test, data, cfg.image_size, device)
     features = {"h": test_h.half().numpy(), "z": test_z.half().numpy(), "y": data.test.y.numpy()}
     last = epochs[-1]
-    result = {"status": "done", "epochs": cfg.epochs, "knn": last["knn"], "knn_z": last["knn_z"],
-              "knn_init": epochs[0]["knn"], "z_std": last["z_std"], "z_std_ref": last["z_std_ref"],
+    labelled = data.meta.get("labelled", True)  # without labels: no kNN, no probe (None in the result)
+    result = {"status": "done", "epochs": cfg.epochs, "knn": last.get("knn"), "knn_z": last.get("knn_z"),
+              "knn_init": epochs[0].get("knn"), "z_std": last["z_std"], "z_std_ref": last["z_std_ref"],
               "eff_rank": last["eff_rank"], "alignment": last.get("alignment"),
               "uniformity": last.get("uniformity"), "train_images": len(data.train), "test_images": len(data.test)}
-    if cfg.probe == "seed":
+    if cfg.probe == "seed" and labelled:
         train_h, _ = extract(method.embed, data.train, data, cfg.image_size, device)
         train_h_flip, _ = extract(method.embed, data.train, data, cfg.image_size, device, flip=True)
         probe = linear_probe(train_h, train_h_flip, data.train.y, test_h, data.test.y, data.num_classes,
@@ -586,6 +589,6 @@ def run_flop(cfg: Config) -> dict[str, float]:
     optimiser step, :func:`step_flop`) and ``measure`` (each measurement embeds the train and test images
     once, :func:`embed_flop`; the alignment pairs, the kNN and the final probe are left out)."""
     n_train = train_images(cfg)
-    images = n_train + TEST_SIZES[cfg.dataset]
+    images = n_train + split_sizes(cfg.dataset)[1]
     return {"train": step_flop(cfg, num_train=n_train) * steps_per_epoch(cfg) * cfg.epochs,
             "measure": embed_flop(cfg, num_train=n_train) * images * measured_epochs(cfg)}

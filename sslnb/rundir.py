@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError, field_names, run_tag
-from .data import CANVAS, DIGITS_VERSION
+from .data import CANVAS, DIGITS_VERSION, folder_digest, folder_path, is_folder
 
 
 class RunDirError(RuntimeError):
@@ -72,8 +73,13 @@ def run_name(cfg: Config) -> str:
         ident["digits_version"] = DIGITS_VERSION
     if cfg.dataset == "fashion-canvas":  # so is a new canvas
         ident["canvas"] = CANVAS
+    dataset = cfg.dataset
+    if is_folder(dataset):  # your own images: the folder's name in the run's, its listing in the digest
+        folder = folder_path(dataset)
+        ident["folder"] = folder_digest(folder)
+        dataset = "folder-" + (re.sub(r"[^A-Za-z0-9._+]+", "_", folder.resolve().name) or "root")
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
-    parts = [cfg.method, cfg.dataset, *run_tag(cfg)]  # the method's own parts (its class's run_tag)
+    parts = [cfg.method, dataset, *run_tag(cfg)]  # the method's own parts (its class's run_tag)
     parts += [cfg.augment.replace("+", "plus"), f"e{cfg.epochs}", f"s{cfg.seed}", digest]
     return "-".join(parts)
 

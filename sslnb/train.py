@@ -215,9 +215,10 @@ def _train(cfg: Config, run_dir: Path, device, data, state: dict | None, progres
 
 def epoch_summary(record: dict) -> str:
     """One epoch record as the progress line shows it: the loss, and the measurements when it has them."""
-    if "knn" not in record:
+    if "z_std" not in record:
         return f"loss {record['loss']:.4f}"
-    return (f"loss {record['loss']:.4f}, kNN {record['knn']:.1f}%, z_std {record['z_std']:.3f} "
+    knn = f", kNN {record['knn']:.1f}%" if "knn" in record else ""  # a folder without classes has none
+    return (f"loss {record['loss']:.4f}{knn}, z_std {record['z_std']:.3f} "
             f"(1/sqrt(d) = {record['z_std_ref']:.3f})")
 
 

@@ -158,3 +158,95 @@ def test_the_fashion_canvas_places_each_item_whole_at_its_recorded_size_and_plac
     pixels = [knn_accuracy(pixel_features(d.train, 16), d.train.y, pixel_features(d.test, 16), d.test.y, 2, k=20)
               for d in (plain, canvas)]
     assert pixels[0] == 100.0 and pixels[1] < pixels[0]
+
+
+def write_image_folder(root, digits, classes=(0, 1, 2), per_class=30, labelled=True):
+    """Digits of ``classes`` as image files of mixed kinds (RGB png, grey png of another size, RGBA png,
+    jpg): ``per_class`` each, in class folders or, without ``labelled``, all directly in ``root``."""
+    from PIL import Image
+
+    counts = dict.fromkeys(classes, 0)
+    for i in range(len(digits.train)):
+        y = int(digits.train.y[i])
+        if counts.get(y, per_class) >= per_class:
+            continue
+        folder = root / f"c{y}" if labelled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        im = Image.fromarray(digits.train.x[i].permute(1, 2, 0).numpy())
+        kind = sum(counts.values()) % 4
+        if kind == 1:
+            im = im.convert("L").resize((40, 28))
+        elif kind == 2:
+            im = im.convert("RGBA").resize((64, 64))
+        im.save(folder / f"{i}.{'jpg' if kind == 3 else 'png'}")
+        counts[y] += 1
+    return root
+
+
+def test_an_image_folder_is_a_dataset_with_a_seeded_disjoint_split(tmp_path, digits):
+    from sslnb.config import Config
+    from sslnb.data import dataset_of, split_sizes
+    from sslnb.rundir import run_name
+
+    root = write_image_folder(tmp_path / "mine", digits)
+    data = load_dataset(f"folder:{root}")
+    assert data.classes == ["c0", "c1", "c2"] and data.meta["labelled"]
+    assert data.train.x.shape[1:] == (3, 32, 32) and data.train.x.dtype == torch.uint8
+    assert (len(data.train), len(data.test)) == split_sizes(f"folder:{root}") == (72, 18)
+    again = load_dataset(f"folder:{root}")
+    assert torch.equal(again.test.x, data.test.x) and torch.equal(again.train.y, data.train.y)
+    assert not {x.numpy().tobytes() for x in data.test.x} & {x.numpy().tobytes() for x in data.train.x}
+    assert set(data.train.y.tolist()) == {0, 1, 2}
+    cfg = Config.from_preset("smoke", "byol", dataset=f"folder:{root}", batch_size=32)
+    name = run_name(cfg)
+    assert name.startswith("byol-folder-mine-") and len(dataset_of(cfg).train) == 72
+    assert run_name(cfg) == name
+    next((root / "c0").iterdir()).unlink()  # the folder changed: a run on it is another run
+    assert run_name(cfg) != name
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "one class", "beside and inside", "unreadable", "too few"])
+def test_a_bad_image_folder_is_one_line(tmp_path, digits, case):
+    from sslnb.config import Config
+    from sslnb.data import dataset_of
+
+    root = tmp_path / "mine"
+    if case == "empty":
+        root.mkdir()
+    elif case == "one class":
+        write_image_folder(root, digits, classes=(0,))
+    elif case == "beside and inside":
+        write_image_folder(root, digits)
+        (root / "stray.png").write_bytes((next((root / "c0").glob("*.png"))).read_bytes())
+    elif case == "unreadable":
+        write_image_folder(root, digits)
+        (root / "c1" / "zz.png").write_text("not an image")
+    elif case == "too few":
+        write_image_folder(root, digits, per_class=3)
+    words = {"missing": "is not a folder", "empty": "holds no images", "one class": "one class folder (c0/)",
+             "beside and inside": "both directly (stray.png", "unreadable": "zz.png cannot be read as an image",
+             "too few": "fewer than one batch (64)"}[case]
+    with pytest.raises(DatasetUnavailable) as e:
+        dataset_of(Config.from_preset("smoke", "byol", dataset=f"folder:{root}"))
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_byol_and_simclr_train_on_a_folder_with_and_without_classes(tmp_path, digits):
+    """Labelled: kNN and the probe as on any dataset. Unlabelled: no kNN and no probe, but the loss curve,
+    the collapse diagnostics and the features for t-SNE."""
+    from sslnb.config import Config
+    from sslnb.runs import load_run
+    from sslnb.train import train
+
+    labelled = write_image_folder(tmp_path / "classes", digits, per_class=24)
+    plain = write_image_folder(tmp_path / "plain", digits, per_class=24, labelled=False)
+    for method, root in (("byol", labelled), ("simclr", plain)):
+        cfg = Config.from_preset("smoke", method, dataset=f"folder:{root}", batch_size=32, epochs=1, device="cpu")
+        run = load_run(train(cfg, tmp_path / "runs" / method, progress=False))
+        assert run.done and run.result["train_images"] == 58 and run.result["eff_rank"] > 0
+        assert run.metric("loss", "step")[1] and run.features()["h"].shape[0] == 14
+        if root is labelled:
+            assert run.result["knn"] is not None and run.result["probe_best"] is not None
+        else:
+            assert run.result["knn"] is None and run.result.get("probe_best") is None
+            assert "knn" not in run.records("epoch")[-1] and "z_std" in run.records("epoch")[-1]
