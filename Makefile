@@ -70,7 +70,7 @@ lab: $(STAMP)
 	  --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP) chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 # The site test (tests/test_site.py) drives a headless Chromium; install Debian's when none is there.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
