@@ -22,12 +22,12 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .bundle import bundle_name
-from .config import ConfigError, nearest, settings_markdown
+from .bundle import BundleError, bundle_name, pack, preset_runs
+from .config import Config, ConfigError, nearest, settings_markdown
 from .data import DatasetUnavailable
 from .dist import die_with_parent
 from .experiments import CHAPTERS, all_runs, chapter_runs
-from .rundir import RunDirError, run_name
+from .rundir import RunDirError, device_name, git_commit, run_name
 from .runs import LaunchError, launch, missing_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +66,6 @@ DATASET_WORDS = {"digits": "the embedded digits", "fashion": "Fashion-MNIST",
 def built_at(parameters: dict) -> str:
     """The sentence the staged introduction opens with: the preset, dataset, machine and commit the chapters
     were executed with (each page's figures also name the machine their runs were trained on)."""
-    from .config import Config
-    from .rundir import device_name, git_commit
-
     preset = parameters.get("preset", "cpu")
     dataset = parameters.get("dataset") or Config.from_preset(preset, "byol").dataset
     device = parameters.get("devices", "auto")
@@ -221,8 +218,6 @@ def pack_beside(stage_dir: Path, html: Path) -> Path | None:
     """The bundle of the runs the staged chapters were executed with (:mod:`sslnb.bundle`), into the site's
     folder ``html``, where the introduction links it. A bundle that cannot be packed is one warning: the
     site stands without it."""
-    from .bundle import BundleError, pack, preset_runs
-
     if not (stage_dir / PARAMETERS).exists():
         return None
     params = json.loads((stage_dir / PARAMETERS).read_text())

@@ -8,12 +8,14 @@ chapters themselves only load finished runs.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from pathlib import Path
 
 from .config import Config
 from .methods import CLASSES
-from .rundir import run_name
+from .rundir import git_commit, run_name
 from .runs import Run, launch, load_run
 
 # InsDis temperature sweeps. The seed's: 0.05 ... 0.80, plus 0.90 and 1.00 in early README versions.
@@ -287,11 +289,6 @@ def _cost_words(entry: dict) -> str:
 def record_budget(preset: str, run_root: str | Path, path: Path = BUDGETS, dataset: str | None = None) -> dict:
     """Record in ``path`` (JSON, by preset) what each chapter's runs under ``run_root`` cost at ``preset``;
     a chapter with a run not yet trained is left out. Returns this preset's record."""
-    import json
-    import time
-
-    from .rundir import git_commit
-
     chapters = {}
     for chapter in CHAPTERS:
         paths = {label: Path(run_root) / run_name(cfg) for label, cfg in chapter_runs(chapter, preset, dataset).items()}
@@ -311,8 +308,6 @@ def record_budget(preset: str, run_root: str | Path, path: Path = BUDGETS, datas
 def cost_markdown(chapter: str, runs: dict[str, Run], path: Path = BUDGETS) -> str:
     """The line a chapter opens with: what its runs cost to train and on which machine (from their own
     records), and what the same chapter cost at the other presets (``path``, by :func:`record_budget`)."""
-    import json
-
     first = next(iter(runs.values())).config if runs else None
     preset = first.preset if first else None
     text = (f"**What this chapter costs.** At the `{preset or 'custom'}` preset its runs took: "
