@@ -35,6 +35,13 @@ INSDIS_TEMPERATURES = {
 STUDY = {"paper": {}, "cpu": dict(epochs=10, lr_milestones=(8, 9)), "laptop": {}, "smoke": {}}
 BN_CODES = ("111", "101", "011", "110", "010", "100", "001", "000")  # the seed's table order
 BATCH_SIZES = {"paper": (128, 512, 1024), "cpu": (32, 64, 128), "laptop": (32, 64, 128), "smoke": (32, 64)}
+# The batch sizes that also train with BatchNorm over the whole batch. The laptop preset has it at its
+# baseline size alone: the runs of another batch size train alone (no grid), and the two at 32 and 128
+# cost 28 core-minutes, a quarter of the book's two hours (bench/RESULTS.md, "The laptop book end to end
+# on the canvas"). Batch and BatchNorm samples still come apart there: B=128 with the seed-like groups and
+# B=64 with full-batch BN both normalise over 64 samples (``fixed_bn_pairs``). The smoke preset follows
+# laptop, so that the tests execute the batch chapter's partial design; cpu and paper keep the whole one.
+FULL_BN_SIZES = {"paper": BATCH_SIZES["paper"], "cpu": BATCH_SIZES["cpu"], "laptop": (64,), "smoke": (64,)}
 SEEDS = {"paper": tuple(range(7)), "cpu": (0, 1, 2), "laptop": (0, 1), "smoke": (0, 1)}  # the seed repeated its run 7 times
 # The seeds of each condition of the BN study besides the baseline 111 (which has SEEDS): a claim that a
 # code collapses needs two seeds at least, so 000, the seed's clearest collapse, has two everywhere.
@@ -176,18 +183,35 @@ def batch_chapter(preset: str = "cpu", dataset: str | None = None, device: str =
     """The study baseline at the preset's batch sizes, the learning rate scaled linearly from the
     preset's (0.12 at 512 for the paper preset; the seed does not state its rates): ``B=N`` keeps the
     preset's BN groups (the seed's per-GPU statistics, batch/4 on four GPUs), ``B=N full-batch BN`` uses
-    one group; ``"B=N seed=S"`` is seed S of a size (:data:`BATCH_SEEDS`; the baseline's size with BatchNorm
-    groups is the baseline, whose seeds are the variance chapter's). Plus the repeats of the baseline
-    (``seed=N``)."""
+    one group (at the sizes of :data:`FULL_BN_SIZES`); ``"B=N seed=S"`` is seed S of a size
+    (:data:`BATCH_SEEDS`; the baseline's size with BatchNorm groups is the baseline, whose seeds are the
+    variance chapter's). Plus the repeats of the baseline (``seed=N``)."""
     base = _study_base(preset, dataset, device, data_root)
     runs = {}
     for b in BATCH_SIZES[preset]:
         scaled = base.replace(batch_size=b, lr=base.lr * b / base.batch_size)
-        for label, cfg in ((f"B={b}", scaled), (f"B={b} full-batch BN", scaled.replace(bn_groups=1))):
+        series = [(f"B={b}", scaled)]
+        if b in FULL_BN_SIZES[preset]:
+            series.append((f"B={b} full-batch BN", scaled.replace(bn_groups=1)))
+        for label, cfg in series:
             seeds = SEEDS[preset] if cfg == base else BATCH_SEEDS[preset]  # the baseline's repeats are free
             runs.update({label if s == 0 else f"{label} seed={s}": cfg.replace(seed=s) for s in seeds})
     runs.update(variance_chapter(preset, dataset, device, data_root))
     return runs
+
+
+def bn_samples(cfg: Config) -> int:
+    """How many samples each BatchNorm of a run normalises over (its batch over its groups)."""
+    return cfg.batch_size // cfg.bn_groups
+
+
+def fixed_bn_pairs(runs: dict[str, Run]) -> list[tuple[str, str]]:
+    """Pairs ``(larger, smaller)`` of the batch chapter's conditions whose BatchNorms see the same number of
+    samples but whose batches differ: their difference is the batch's own (with its learning rate), not
+    BatchNorm's. Conditions are labels without ``" seed=N"``, in the order of ``runs``."""
+    conditions = {k: v[0].config for k, v in by_condition(runs).items() if k.startswith("B=")}
+    return [(a, b) for a, ca in conditions.items() for b, cb in conditions.items()
+            if bn_samples(ca) == bn_samples(cb) and ca.batch_size > cb.batch_size]
 
 
 def no_runs(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
