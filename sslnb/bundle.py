@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .data import DatasetUnavailable
+from .data import DatasetUnavailable, is_folder
 from .experiments import MODEL_READERS, all_runs, chapter_runs
 from .rundir import device_name, finished, git_commit, identity_difference, read_config, run_name
 
@@ -186,8 +186,10 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def preset_runs(preset: str, run_root: str | Path, dataset: str | None = None,
                 data_root: str = "data") -> tuple[list[Path], dict[str, str]]:
     """The run directories the chapters read at ``preset`` under ``run_root`` and the weights each needs
-    (:data:`sslnb.experiments.MODEL_READERS`)."""
-    dirs = [Path(run_root) / run_name(cfg) for cfg in all_runs(preset, dataset, data_root=data_root)]
+    (:data:`sslnb.experiments.MODEL_READERS`). Runs on an image folder stay out: their config names a folder
+    on the machine that trained them (the chapter "Your own images" trains its small example where it is read)."""
+    dirs = [Path(run_root) / run_name(cfg) for cfg in all_runs(preset, dataset, data_root=data_root)
+            if not is_folder(cfg.dataset)]
     weights = {}
     for chapter, labels in MODEL_READERS.items():
         configs = chapter_runs(chapter, preset, dataset, data_root=data_root)

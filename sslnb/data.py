@@ -8,7 +8,9 @@ and augmented in batches on whatever device holds them (``sslnb.augment``). Item
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +235,47 @@ def load_folder(root: Path, size: int = FOLDER_SIZE, seed: int = 0) -> ImageData
     std = tuple(pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
     return ImageData(f"folder:{root}", Split(x[train], y[train]), Split(x[test], y[test]), classes, mean, std,
                      meta={"labelled": labels is not None, "files": [str(files[i].relative_to(root)) for i in test]})
+
+
+# The book's chapter "Your own images" trains on a folder it writes from the embedded digits, so that it
+# runs offline; its files are the same on every machine (names, sizes and modification times, which the
+# digest of a run on a folder reads), so its runs are named alike everywhere.
+EXAMPLE_FOLDER = "own-images-digits"
+EXAMPLE_MTIME_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def write_example_folder(data_root: str | Path, per_class: int = 60, digits: ImageData | None = None) -> Path:
+    """The example image folder under ``data_root``: ``per_class`` training images of each class of the
+    embedded digits (``digits``, by default :func:`make_digits`), as uncompressed 32x32 PNG files in class folders ``zero/`` ...
+    ``nine/``. Written once (into a temporary folder, then renamed into place) and left as it is after that;
+    returns its path. A data root that cannot be written is a one-line :class:`DatasetUnavailable`."""
+    from PIL import Image
+
+    root = Path(data_root) / EXAMPLE_FOLDER
+    if root.is_dir():
+        return root
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        train = (digits or make_digits()).train
+        for c, name in enumerate(DIGIT_NAMES):
+            (tmp / name).mkdir(parents=True)
+            for i in torch.nonzero(train.y == c).flatten()[:per_class].tolist():
+                path = tmp / name / f"{i:04d}.png"
+                Image.fromarray(train.x[i].permute(1, 2, 0).numpy()).save(path, compress_level=0)
+                os.utime(path, ns=(EXAMPLE_MTIME_NS, EXAMPLE_MTIME_NS))
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process put it there first
+            if not root.is_dir():
+                raise
+    except OSError as e:
+        raise DatasetUnavailable(f"cannot write the example folder {root} ({e.strerror or e}); give a writable "
+                                 f"--data-root, or dataset='folder:PATH' with a folder of your images") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 # ---------------------------------------------------------------------- CIFAR

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .config import Config
+from .data import FOLDER, is_folder, write_example_folder
 from .methods import CLASSES
 from .rundir import git_commit, run_name
 from .runs import Run, launch, load_run
@@ -214,6 +215,18 @@ def fixed_bn_pairs(runs: dict[str, Run]) -> list[tuple[str, str]]:
             if bn_samples(ca) == bn_samples(cb) and ca.batch_size > cb.batch_size]
 
 
+def own_images_chapter(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
+                       data_root: str = "data") -> dict[str, Config]:
+    """BYOL and SimCLR at the preset's settings on an image folder, with the untrained network: the folder
+    ``dataset`` names (``folder:PATH``, your images), or else the example folder of digits written once under
+    ``data_root`` (:func:`sslnb.data.write_example_folder`; a dataset that is not a folder is ignored here)."""
+    if not (dataset and is_folder(dataset)):
+        dataset = FOLDER + str(write_example_folder(Path(data_root).resolve()))
+    extra = {"device": device, "data_root": data_root, "dataset": dataset}
+    byol = Config.from_preset(preset, "byol", **extra)
+    return {"BYOL": byol, "SimCLR": Config.from_preset(preset, "simclr", **extra), "untrained": byol.replace(epochs=0)}
+
+
 def no_runs(preset: str = "cpu", dataset: str | None = None, device: str = "auto",
             data_root: str = "data") -> dict[str, Config]:
     """A page that trains nothing (the compute map draws bench/byol_map.json, made by bench/byol_map.py)."""
@@ -226,7 +239,7 @@ MODEL_READERS = {"04_bn_collapse": ("011", "011 affine off")}
 
 CHAPTERS = {"00_results": results_chapter, "01_insdis": insdis_chapter, "02_simclr": simclr_chapter,
             "03_byol": byol_chapter, "04_bn_collapse": bn_chapter, "05_batch_size": batch_chapter,
-            "06_variance": variance_chapter, "08_byol_compute": no_runs}
+            "06_variance": variance_chapter, "08_byol_compute": no_runs, "09_own_images": own_images_chapter}
 
 
 def chapter_runs(chapter: str, preset: str = "cpu", dataset: str | None = None, device: str = "auto",

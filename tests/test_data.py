@@ -250,3 +250,27 @@ def test_byol_and_simclr_train_on_a_folder_with_and_without_classes(tmp_path, di
         else:
             assert run.result["knn"] is None and run.result.get("probe_best") is None
             assert "knn" not in run.records("epoch")[-1] and "z_std" in run.records("epoch")[-1]
+
+
+def test_the_example_folder_is_written_once_and_alike_everywhere(tmp_path, digits):
+    """The chapter "Your own images" writes its folder from the embedded digits: the same listing (names,
+    sizes, modification times: a run's identity) under any data root, written once, and one line where it
+    cannot be written."""
+    from sslnb.data import EXAMPLE_FOLDER, folder_digest, write_example_folder
+    from sslnb.experiments import chapter_runs
+
+    a, b = write_example_folder(tmp_path / "a", digits=digits), write_example_folder(tmp_path / "b", digits=digits)
+    assert a == tmp_path / "a" / EXAMPLE_FOLDER and folder_digest(a) == folder_digest(b)
+    data = load_dataset(f"folder:{a}")
+    assert (len(data.train), len(data.test), data.num_classes) == (480, 120, 10)
+    assert not list(tmp_path.glob("*/.*tmp*")), "no temporary folder is left behind"
+    (a / "zero" / "mine.png").write_bytes(next((a / "one").iterdir()).read_bytes())
+    assert write_example_folder(tmp_path / "a") == a and (a / "zero" / "mine.png").exists(), "left as it is"
+    runs = chapter_runs("09_own_images", "smoke", dataset="cifar10", data_root=str(tmp_path / "b"))
+    assert {c.dataset for c in runs.values()} == {f"folder:{b.resolve()}"}, "a dataset that is not a folder is ignored"
+    mine = chapter_runs("09_own_images", "smoke", dataset=f"folder:{a}", data_root=str(tmp_path / "b"))
+    assert {c.dataset for c in mine.values()} == {f"folder:{a}"} and mine["untrained"].epochs == 0
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DatasetUnavailable) as e:
+        write_example_folder(tmp_path / "file", digits=digits)
+    assert "cannot write the example folder" in str(e.value) and "\n" not in str(e.value)

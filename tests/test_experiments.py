@@ -26,6 +26,24 @@ def test_paper_preset_run_lists_follow_the_seed():
     assert (results["byol r50"].network, results["byol r50"].batch_size, results["byol r50"].lr) == ("resnet50", 256, 0.06)
 
 
+@pytest.mark.parametrize("preset, pairs", [
+    ("cpu", [("B=64", "B=32 full-batch BN"), ("B=128", "B=64 full-batch BN")]),
+    ("laptop", [("B=128", "B=64 full-batch BN")]),  # full-batch BN at the baseline size alone
+    ("paper", [("B=512", "B=128 full-batch BN")]),
+    ("smoke", [])])
+def test_the_batch_chapter_pairs_runs_whose_batchnorms_see_as_many_samples(preset, pairs):
+    """fixed_bn_pairs: seed-like runs (BN over batch / groups) against full-batch runs of the same BN count."""
+    from types import SimpleNamespace
+
+    from sslnb.experiments import FULL_BN_SIZES, bn_samples, fixed_bn_pairs
+
+    configs = chapter_runs("05_batch_size", preset)
+    runs = {label: SimpleNamespace(name=run_name(cfg), config=cfg) for label, cfg in configs.items()}
+    assert fixed_bn_pairs(runs) == pairs
+    assert all(bn_samples(configs[a]) == bn_samples(configs[b]) for a, b in pairs)
+    assert {int(k[2:].split()[0]) for k in configs if "full-batch" in k} == set(FULL_BN_SIZES[preset])
+
+
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "laptop", "paper"])
 def test_shared_runs_train_once(preset):
     names = [run_name(c) for c in all_runs(preset)]
