@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .data import DatasetUnavailable, is_folder
+from .data import DatasetUnavailable, folder_digest, folder_path, is_folder
 from .experiments import MODEL_READERS, all_runs, chapter_runs
 from .rundir import device_name, finished, git_commit, identity_difference, read_config, run_name
 
@@ -134,7 +134,13 @@ def pack(run_dirs, out: str | Path, preset: str, weights: dict[str, str] | None 
             data_hash = hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else sha256_file(src)
             size = len(src) if isinstance(src, bytes) else src.stat().st_size
             listed[name] = {"sha256": data_hash, "bytes": size}
-        entries.append({"name": run_dir.name, "config": cfg.to_dict(), "files": listed})
+        entry = {"name": run_dir.name, "config": cfg.to_dict(), "files": listed}
+        if is_folder(cfg.dataset):  # its name's digest reads the folder, which the fetching machine may not have
+            try:
+                entry["folder_listing"] = folder_digest(folder_path(cfg.dataset))
+            except DatasetUnavailable as e:
+                raise BundleError(f"{run_dir} was trained on an image folder that is gone ({e})") from None
+        entries.append(entry)
     machines, commits = set(), set()
     for run_dir in map(Path, run_dirs):
         try:
@@ -186,10 +192,8 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def preset_runs(preset: str, run_root: str | Path, dataset: str | None = None,
                 data_root: str = "data") -> tuple[list[Path], dict[str, str]]:
     """The run directories the chapters read at ``preset`` under ``run_root`` and the weights each needs
-    (:data:`sslnb.experiments.MODEL_READERS`). Runs on an image folder stay out: their config names a folder
-    on the machine that trained them (the chapter "Your own images" trains its small example where it is read)."""
-    dirs = [Path(run_root) / run_name(cfg) for cfg in all_runs(preset, dataset, data_root=data_root)
-            if not is_folder(cfg.dataset)]
+    (:data:`sslnb.experiments.MODEL_READERS`)."""
+    dirs = [Path(run_root) / run_name(cfg) for cfg in all_runs(preset, dataset, data_root=data_root)]
     weights = {}
     for chapter, labels in MODEL_READERS.items():
         configs = chapter_runs(chapter, preset, dataset, data_root=data_root)
@@ -325,8 +329,13 @@ def _check_runs(manifest: dict, unpacked: Path, run_root: Path, preset: str) -> 
             cfg = read_config(unpacked / name / "config.json")
         except (ConfigError, OSError) as e:
             raise BundleError(f"the bundle's run {name} has no readable config ({e}): not an sslnb bundle") from None
-        if run_name(cfg) != name:
-            raise BundleError(f"the bundle's run {name} holds the config of {run_name(cfg)}: a foreign or altered bundle")
+        listing = run.get("folder_listing")  # a run on an image folder: the folder is not on this machine
+        if is_folder(cfg.dataset) and not isinstance(listing, str):
+            raise BundleError(f"the bundle's run {name} is on an image folder but gives no listing digest: "
+                              f"a foreign or altered bundle")
+        if run_name(cfg, listing) != name:
+            raise BundleError(f"the bundle's run {name} holds the config of {run_name(cfg, listing)}: a foreign or "
+                              f"altered bundle")
         if cfg.preset != preset:
             raise BundleError(f"the bundle's run {name} is of preset {cfg.preset!r}, not {preset!r}")
         there = run_root / name

@@ -62,8 +62,10 @@ class RunDirError(RuntimeError):
 NOT_IDENTITY = ("device", "preset", "data_root", "download", "channels_last", "compile", "eval_every")
 
 
-def run_name(cfg: Config) -> str:
-    """A readable, unique directory name: ``byol-digits-111-normal-s0-1a2b3c4d``."""
+def run_name(cfg: Config, listing: str | None = None) -> str:
+    """A readable, unique directory name: ``byol-digits-111-normal-s0-1a2b3c4d``. A run on an image folder is
+    named by the folder's name and listing (:func:`sslnb.data.folder_digest`; ``listing`` gives it for a folder
+    that is not on this machine), not by where the folder is: the same images elsewhere are the same run."""
     # Only settings that differ from the defaults enter the digest, so that adding a new setting (with a
     # default that keeps the old behaviour) does not rename every existing run.
     default = Config()
@@ -75,9 +77,8 @@ def run_name(cfg: Config) -> str:
         ident["canvas"] = CANVAS
     dataset = cfg.dataset
     if is_folder(dataset):  # your own images: the folder's name in the run's, its listing in the digest
-        folder = folder_path(dataset)
-        ident["folder"] = folder_digest(folder)
-        dataset = "folder-" + (re.sub(r"[^A-Za-z0-9._+]+", "_", folder.resolve().name) or "root")
+        dataset = "folder-" + folder_label(dataset)
+        ident["dataset"], ident["folder"] = dataset, listing or folder_digest(folder_path(cfg.dataset))
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     parts = [cfg.method, dataset, *run_tag(cfg)]  # the method's own parts (its class's run_tag)
     parts += [cfg.augment.replace("+", "plus"), f"e{cfg.epochs}", f"s{cfg.seed}", digest]
@@ -137,9 +138,21 @@ def read_config(path: Path) -> Config:
         raise ConfigError(f"{path}: {e}") from None
 
 
+def folder_label(dataset: str) -> str:
+    """The name an image folder gives its runs (``folder:/a/b/My photos`` -> ``My_photos``)."""
+    return re.sub(r"[^A-Za-z0-9._+]+", "_", folder_path(dataset).resolve().name) or "root"
+
+
+def _same_setting(k: str, a, b) -> bool:
+    if k == "dataset" and is_folder(a) and is_folder(b):  # where the folder is is not the run's identity
+        return folder_label(a) == folder_label(b)
+    return a == b
+
+
 def identity_difference(old: Config, cfg: Config) -> str | None:
-    """The first setting in which two configs describe different runs, as ``"field=old, asked new"``."""
-    diff = [k for k in field_names() if k not in NOT_IDENTITY and getattr(old, k) != getattr(cfg, k)]
+    """The first setting in which two configs describe different runs, as ``"field=old, asked new"`` (two
+    image folders of one name are the same setting: their listings are in the runs' names)."""
+    diff = [k for k in field_names() if k not in NOT_IDENTITY and not _same_setting(k, getattr(old, k), getattr(cfg, k))]
     return f"{diff[0]}={getattr(old, diff[0])!r}, asked {getattr(cfg, diff[0])!r}" if diff else None
 
 
