@@ -90,7 +90,8 @@ def _steps(cfgs: list[Config], grid: bool):
     return lambda: grid_step(grouped, members, opt, inputs, [None] * len(cfgs), [idx] * len(cfgs), 0.5)
 
 
-def _worker(cfg_dicts, grid: bool, threads: int, steps: int, barrier, queue) -> None:
+def _worker(cfg_dicts, grid: bool, threads: int, steps: int, barrier, queue, tag=None) -> None:
+    """Time ``steps`` steps after a barrier; put the seconds (as ``(tag, seconds)`` when tagged) in ``queue``."""
     torch.set_num_threads(threads)
     step = _steps([Config.from_dict(d) for d in cfg_dicts], grid)
     for _ in range(2):
@@ -99,7 +100,8 @@ def _worker(cfg_dicts, grid: bool, threads: int, steps: int, barrier, queue) -> 
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    queue.put(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    queue.put(elapsed if tag is None else (tag, elapsed))
 
 
 def _concurrent(parts: list[list[Config]], grid: bool, threads: int, steps: int) -> float:

@@ -20,32 +20,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.grid import _steps  # noqa: E402
+from bench.grid import _steps, _worker  # noqa: E402
 from sslnb.config import Config  # noqa: E402
 from sslnb.experiments import batch_chapter  # noqa: E402
-
-
-def _worker(cfg_dicts, grid, steps, barrier, queue, tag):
-    torch.set_num_threads(1)
-    step = _steps([Config.from_dict(d) for d in cfg_dicts], grid)
-    for _ in range(2):
-        step()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    queue.put((tag, (time.perf_counter() - t0) / steps))
 
 
 def side_by_side(parts, steps: int = 12) -> dict[str, float]:
     """Seconds per step of each ``(tag, configs, as_grid)`` part, the parts in processes running at once."""
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(len(parts)), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=([c.to_dict() for c in cfgs], grid, steps, barrier, queue, tag))
+    procs = [ctx.Process(target=_worker, args=([c.to_dict() for c in cfgs], grid, 1, steps, barrier, queue, tag))
              for tag, cfgs, grid in parts]
     for p in procs:
         p.start()
-    out = dict(queue.get() for _ in procs)
+    out = {tag: seconds / steps for tag, seconds in (queue.get() for _ in procs)}
     for p in procs:
         p.join()
     return out

@@ -9,6 +9,7 @@ import numpy as np
 import seaborn as sns
 
 from .config import METHODS
+from .evaluate import CLEAR_MARGIN, compare_with_references, mean_and_interval
 from .methods import CLASSES
 from .runs import Run
 from .tsne import tsne, tsne_fast
@@ -305,7 +306,6 @@ def frontier_summary(rows: list[dict], margin: float | None = None) -> list[dict
     by ``margin`` points, default ``CLEAR_MARGIN``) met on every seed: ``"beats both"`` (two seeds or more),
     ``"beats the untrained network"``, ``"neither"``; supervised rows (how much the images allow) are
     ``"reference"``."""
-    from .evaluate import CLEAR_MARGIN, compare_with_references
 
     margin = CLEAR_MARGIN if margin is None else margin
     groups: dict[tuple, list[dict]] = {}
@@ -390,7 +390,6 @@ def seed_dots(ax, groups: dict[str, list[float]], theirs: dict[str, float] | Non
     theirs."""
     import pandas as pd
 
-    from .evaluate import mean_and_interval
 
     labels = list(groups)
     long = pd.DataFrame([{"condition": k, "value": v} for k in labels for v in groups[k]])
