@@ -306,7 +306,6 @@ def frontier_summary(rows: list[dict], margin: float | None = None) -> list[dict
     by ``margin`` points, default ``CLEAR_MARGIN``) met on every seed: ``"beats both"`` (two seeds or more),
     ``"beats the untrained network"``, ``"neither"``; supervised rows (how much the images allow) are
     ``"reference"``."""
-
     margin = CLEAR_MARGIN if margin is None else margin
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -389,7 +388,6 @@ def seed_dots(ax, groups: dict[str, list[float]], theirs: dict[str, float] | Non
     order given; ``theirs`` (label -> the seed's one number) as a grey diamond beside each, labelled as
     theirs."""
     import pandas as pd
-
 
     labels = list(groups)
     long = pd.DataFrame([{"condition": k, "value": v} for k in labels for v in groups[k]])
